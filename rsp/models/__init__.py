@@ -15,6 +15,7 @@ Two pure views of a model are used throughout rsp:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -84,8 +85,13 @@ def merge_variables(params: Any, state: dict[str, Any]) -> dict[str, Any]:
   return {'params': params, **state}
 
 
+@functools.lru_cache(maxsize=64)
 def make_apply_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-  """``apply_fn(variables, images) -> logits`` in evaluation mode (pure)."""
+  """``apply_fn(variables, images) -> logits`` in evaluation mode (pure).
+
+  Cached per model (flax modules compare by their fields), so that jitted functions
+  taking ``apply_fn`` as a static argument compile once per architecture.
+  """
 
   def apply_fn(variables, images):
     return model.apply(variables, images, train=False)
@@ -93,6 +99,7 @@ def make_apply_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
   return apply_fn
 
 
+@functools.lru_cache(maxsize=64)
 def make_train_apply_fn(model: nn.Module):
   """``apply_fn(params, state, images, train) -> (logits, new_state)`` (pure).
 

@@ -1,0 +1,33 @@
+r"""Trains a (robust) classifier: ``rsp.train.train_and_evaluate(config, workdir)``.
+
+    python experiments/train.py --config=rsp/configs/train_mnist.py:gaussian,small \
+        --workdir=/tmp/rsp/train_mnist_gaussian
+
+Restarting with the same ``--workdir`` resumes from the last checkpoint.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from rsp import train
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.info('JAX devices: %s', jax.devices())
+  result = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  print(f'test accuracy {result.summary["test_accuracy"]:.4f} '
+        f'(target class {result.summary.get("target_test_accuracy")}) after '
+        f'{result.summary["train_seconds"]:.0f} s; wrote {_WORKDIR.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
