@@ -1,0 +1,113 @@
+r"""Throughput of certification: noisy forward samples per second, and share of peak.
+
+For each model (LeNet on MNIST-shaped input, ResNet-20 on CIFAR-10-shaped input, random
+weights: speed does not depend on them) and each batch size, times
+``rsp.smoothing.count_noisy_predictions`` (noise, forward pass, argmax and counting in
+one jitted ``lax.scan``) on n noisy samples of ``--images`` test images (the best of
+``--repeats`` calls after a first call that also compiles), and prints samples/s and
+that rate as a fraction of the rate the machine's peak float32 matmul throughput would
+allow (FLOPs per sample from XLA's cost analysis of the forward pass; the peak is
+measured here with a large jitted matmul). Memory is bounded by the batch size: the
+scan carries only the [images, K] counts, whatever n is.
+
+    python benchmarks/certify_throughput.py                  # n = 100,000 (minutes)
+    python benchmarks/certify_throughput.py --n=10000 --models=lenet   # quick
+
+Run it when the machine is otherwise idle; the load average is printed with the table.
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsp import models
+from rsp import smoothing
+
+_MODELS = flags.DEFINE_list('models', ['lenet', 'resnet20'], 'Models to time.')
+_N = flags.DEFINE_integer('n', 100_000, 'Noisy samples per image (Cohen: 100,000).')
+_IMAGES = flags.DEFINE_integer('images', 1, 'Images certified per timed call.')
+_BATCH_SIZES = flags.DEFINE_string(
+    'batch_sizes', 'lenet=250,500,1000;resnet20=128,256,500',
+    'Batch sizes per model, "model=b1,b2;model=b1".')
+_SIGMA = flags.DEFINE_float('sigma', 0.5, 'Noise level.')
+_REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed calls per setting (best is kept).')
+_MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 2048, 'Side of the peak-rate matmul.')
+
+
+def peak_matmul_flops(size: int, repeats: int = 5) -> float:
+  """Best float32 matmul rate through JAX, in FLOP/s."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * size**3 / best
+
+
+def flops_per_sample(apply_fn, variables, shape) -> float:
+  """Forward-pass FLOPs per image from XLA's cost analysis (batch of 16)."""
+  batch = 16
+  compiled = jax.jit(apply_fn).lower(variables, jnp.zeros((batch, *shape))).compile()
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis['flops']) / batch
+
+
+def parse_batch_sizes(text: str) -> dict[str, list[int]]:
+  out = {}
+  for part in text.split(';'):
+    if part.strip():
+      name, sizes = part.split('=')
+      out[name.strip()] = [int(s) for s in sizes.split(',')]
+  return out
+
+
+def main(argv):
+  del argv
+  batch_sizes = parse_batch_sizes(_BATCH_SIZES.value)
+  load_before = os.getloadavg()[0]
+  peak = peak_matmul_flops(_MATMUL_SIZE.value)
+  print(f'devices: {jax.devices()}; peak float32 matmul: {peak / 1e9:.0f} GFLOP/s; '
+        f'n = {_N.value}, images per call = {_IMAGES.value}, sigma = {_SIGMA.value}')
+  header = ('| model | MFLOP/sample | batch | compile s | samples/s | '
+            'peak-bound samples/s | fraction of peak |')
+  print(header)
+  print('|' + '---|' * (header.count('|') - 1))
+  for name in _MODELS.value:
+    shape = models.input_shape(name)
+    model = models.get_model(name, 10)
+    variables = models.init_model(jax.random.key(0), model, shape)
+    apply_fn = models.make_apply_fn(model)
+    flops = flops_per_sample(apply_fn, variables, shape)
+    bound = peak / flops
+    images = np.asarray(jax.random.uniform(jax.random.key(2), (_IMAGES.value, *shape)))
+    for batch_size in batch_sizes.get(name, [1000]):
+      kw = dict(num_classes=10, sigma=_SIGMA.value, n=_N.value, batch_size=batch_size)
+      keys = jax.random.split(jax.random.key(3), _IMAGES.value)
+      times = []
+      for r in range(1 + _REPEATS.value):  # The first call also compiles.
+        keys = jax.random.split(jax.random.key(10 + r), _IMAGES.value)
+        t0 = time.perf_counter()
+        counts = smoothing.count_noisy_predictions(keys, apply_fn, variables, images, **kw)
+        times.append(time.perf_counter() - t0)
+        assert np.all(counts.sum(axis=1) == _N.value)
+      best = min(times[1:])
+      compile_s = times[0] - best
+      rate = _N.value * _IMAGES.value / best
+      print(f'| {name} | {flops / 1e6:.2f} | {batch_size} | {compile_s:.1f} | {rate:,.0f} | '
+            f'{bound:,.0f} | {rate / bound:.0%} |', flush=True)
+  print(f'load average (1 min) before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,195 @@
+"""Figures: certified accuracy against radius, and grids of (poisoned) images.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through
+``pyplot``: nothing here changes the global backend or leaks open figures, so the
+functions are safe in scripts, tests and notebooks alike (a returned ``Figure`` displays
+inline in Jupyter). Each function saves a PNG when given a path and returns the figure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from rsp import metrics
+
+# A curve: per-point certified radii and whether each prediction was correct.
+Curve = tuple[Any, Any]
+
+
+def _save(fig: Figure, path: str | None, dpi: int = 120) -> None:
+  if path is None:
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}.png'
+  FigureCanvasAgg(fig)  # Attaches an Agg canvas to the figure.
+  fig.savefig(tmp, format='png', dpi=dpi)
+  os.replace(tmp, path)
+
+
+def certified_accuracy_curve(radius: Any, correct: Any, *, max_radius: float | None = None,
+                             num_points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+  """``(r, certified accuracy at r)`` on an even grid from 0 to ``max_radius``.
+
+  ``max_radius`` defaults to 5% beyond the largest radius (so the curve reaches 0).
+  """
+  radius = np.asarray(radius, np.float64)
+  if max_radius is None:
+    max_radius = 1.05 * float(radius.max(initial=0.0)) or 1.0
+  grid = np.linspace(0.0, max_radius, num_points)
+  return grid, metrics.certified_accuracy(radius, correct, grid)
+
+
+def plot_certified_accuracy_panels(panels: Mapping[str, Mapping[str, Curve]],
+                                   path: str | None = None, *,
+                                   max_radius: float | None = None,
+                                   title: str | None = None,
+                                   panel_width: float = 4.5) -> Figure:
+  """Certified accuracy against radius, one panel per entry, several curves per panel.
+
+  Args:
+    panels: ``{panel title: {curve label: (radius [m], correct [m])}}``, per-point radii
+      (0 for abstentions) and correctness, e.g. from ``metrics.rows_to_arrays``.
+    path: PNG to write (directories are created); None to only return the figure.
+    max_radius: right end of the x axis, shared by all panels (default: fitted to the
+      data).
+    title: figure title.
+    panel_width: inches per panel.
+
+  Returns:
+    The figure.
+  """
+  if not panels:
+    raise ValueError('panels is empty; give at least one panel with one curve.')
+  if max_radius is None:
+    largest = [float(np.max(np.asarray(r), initial=0.0))
+               for curves in panels.values() for r, _ in curves.values()]
+    max_radius = 1.05 * max(largest, default=0.0) or 1.0
+  fig = Figure(figsize=(panel_width * len(panels), 3.6), layout='constrained')
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (panel_title, curves) in zip(axes, panels.items()):
+    for label, (radius, correct) in curves.items():
+      grid, accuracy = certified_accuracy_curve(radius, correct, max_radius=max_radius)
+      ax.plot(grid, accuracy, label=label)
+    ax.set_xlim(0.0, max_radius)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel('radius (L2)')
+    ax.set_ylabel('certified accuracy')
+    ax.grid(alpha=0.3)
+    if panel_title:
+      ax.set_title(panel_title)
+    if curves:
+      ax.legend(fontsize='small')
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)
+  return fig
+
+
+def plot_certified_accuracy(curves: Mapping[str, Curve], path: str | None = None, *,
+                            max_radius: float | None = None,
+                            title: str | None = None) -> Figure:
+  """Certified accuracy against radius, several labelled curves on one plot.
+
+  Args:
+    curves: ``{label: (radius [m], correct [m])}`` per-point radii and correctness.
+    path: PNG to write; None to only return the figure.
+    max_radius: right end of the x axis (default: fitted to the data).
+    title: plot title.
+
+  Example::
+
+    a = metrics.rows_to_arrays(metrics.read_certification_tsv('clean/certify.tsv'))
+    b = metrics.rows_to_arrays(metrics.read_certification_tsv('pacd/certify.tsv'))
+    plot_certified_accuracy({'clean': (a['radius'], a['correct']),
+                             'PACD': (b['radius'], b['correct'])}, 'curves.png')
+  """
+  return plot_certified_accuracy_panels({title or '': curves}, path, max_radius=max_radius)
+
+
+def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    return image[..., 0], 'gray'
+  return image, None
+
+
+def plot_image_grid(rows: Mapping[str, Any], path: str | None = None, *,
+                    max_columns: int = 8, column_titles: Sequence[str] | None = None,
+                    title: str | None = None, cell_size: float = 1.2) -> Figure:
+  """A grid of images: one labelled row per entry, images in [0, 1] (clipped).
+
+  Args:
+    rows: ``{row label: images [N, H, W, C]}`` (C = 1 shown in grey, C = 3 in colour).
+    path: PNG to write; None to only return the figure.
+    max_columns: at most this many images per row.
+    column_titles: optional titles above the columns.
+    title: figure title.
+    cell_size: inches per image.
+  """
+  if not rows:
+    raise ValueError('rows is empty; give at least one row of images.')
+  arrays = {label: np.asarray(images) for label, images in rows.items()}
+  for label, images in arrays.items():
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise ValueError(f'rows[{label!r}] has shape {images.shape}; expected [N, H, W, C] '
+                       'with C in (1, 3).')
+  columns = min(max_columns, max(len(images) for images in arrays.values()))
+  columns = max(columns, 1)
+  fig = Figure(figsize=(cell_size * columns + 1.0, cell_size * len(arrays) + 0.4),
+               layout='constrained')
+  axes = fig.subplots(len(arrays), columns, squeeze=False)
+  for r, (label, images) in enumerate(arrays.items()):
+    for c in range(columns):
+      ax = axes[r, c]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+      if c < len(images):
+        shown, cmap = _display(images[c])
+        ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, interpolation='nearest')
+      if c == 0:
+        ax.set_ylabel(label, fontsize='small')
+      if r == 0 and column_titles is not None and c < len(column_titles):
+        ax.set_title(column_titles[c], fontsize='small')
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)
+  return fig
+
+
+def plot_poison_examples(clean: Any, poisoned: Any, path: str | None = None, *,
+                         num_images: int = 8, amplification: float | None = None,
+                         title: str | None = None) -> Figure:
+  """Clean images, their poisoned versions and the amplified perturbation.
+
+  The third row shows ``0.5 + amplification * (poisoned - clean)`` (grey is no change);
+  ``amplification`` defaults to ``0.5 / max |poisoned - clean|`` so the largest change
+  reaches black or white.
+
+  Args:
+    clean, poisoned: ``[N, H, W, C]`` images in [0, 1], the same shape.
+    path: PNG to write; None to only return the figure.
+    num_images: how many of the N to show (the first ones).
+    amplification: perturbation gain for display.
+    title: figure title.
+  """
+  clean = np.asarray(clean, np.float32)[:num_images]
+  poisoned = np.asarray(poisoned, np.float32)[:num_images]
+  if clean.shape != poisoned.shape:
+    raise ValueError(f'clean has shape {clean.shape} but poisoned has {poisoned.shape}; '
+                     'they must match.')
+  delta = poisoned - clean
+  largest = float(np.abs(delta).max(initial=0.0))
+  if amplification is None:
+    amplification = 0.5 / largest if largest > 0 else 1.0
+  rows = {'clean': clean, 'poisoned': poisoned,
+          f'perturbation x{amplification:.3g}': 0.5 + amplification * delta}
+  full_title = f'max |delta| = {largest:.3g}' if title is None else title
+  return plot_image_grid(rows, path, max_columns=num_images, title=full_title)

@@ -1,0 +1,456 @@
+"""Tests of rsp.smoothing: the statistics against closed forms, determinism, sharding,
+compile counts, the resumable TSV log and the argument checks.
+
+Statistical tests state the probability that they fail spuriously; every one is below
+1e-6 unless said otherwise. The classifiers are tiny pure functions on 4x4x1 images so
+the whole file runs in seconds.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from rsp import smoothing
+
+# Compiling dominates these tests; XLA's optimisations buy nothing at these sizes.
+jax.config.update('jax_disable_most_optimizations', True)
+
+SHAPE = (4, 4, 1)
+D = int(np.prod(SHAPE))
+
+
+def constant_apply(params, images):
+  """Always votes for class ``argmax(params)``."""
+  return jnp.broadcast_to(params, (images.shape[0], params.shape[0]))
+
+
+def linear_apply(params, images):
+  """Two classes; class 1 iff w.x + b > 0. Logits [0, w.x + b]."""
+  score = images.reshape(images.shape[0], -1) @ params['w'] + params['b']
+  return jnp.stack([jnp.zeros_like(score), score], axis=-1)
+
+
+def linear_params(margin: float):
+  """w = 1/sqrt(D) (unit norm), b chosen so that x = 0.5 has distance ``margin``."""
+  w = jnp.full((D,), 1.0 / np.sqrt(D), jnp.float32)
+  x = np.full(SHAPE, 0.5, np.float32)
+  b = margin - float(np.dot(x.reshape(-1), np.asarray(w)))
+  return {'w': w, 'b': jnp.float32(b)}, x
+
+
+def true_radius(params, x) -> float:
+  w = np.asarray(params['w'], np.float64)
+  return abs(float(x.reshape(-1) @ w + float(params['b']))) / np.linalg.norm(w)
+
+
+def quantized_conv_apply(params, images):
+  """A small CNN whose arithmetic is exact: integer inputs (the noisy image rounded to
+  quarters, times 4) and integer weights, so every sum is exact in float32 whatever
+  the batch size, summation order or device split; equal noise gives equal votes."""
+  q = jnp.round(images * 4.0)
+  y = jax.lax.conv_general_dilated(q, params['kernel'], (1, 1), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jnp.sum(jax.nn.relu(y), axis=(1, 2)) @ params['dense']
+
+
+def quantized_conv_params():
+  rng = np.random.default_rng(0)
+  return {'kernel': jnp.asarray(rng.integers(-2, 3, (3, 3, 1, 4)), jnp.float32),
+          'dense': jnp.asarray(rng.integers(-2, 3, (4, 3)), jnp.float32)}
+
+
+def no_work_apply(params, images):
+  raise AssertionError('the classifier ran although the arguments were invalid')
+
+
+# ------------------------------------------------------------------------------------
+# Statistics.
+
+
+def test_clopper_pearson_boundaries_equal_exact_beta_quantiles():
+  alpha = 0.001
+  for n in (1, 10, 100, 100_000):
+    assert smoothing.clopper_pearson_lower(0, n, alpha) == 0.0
+    # nA = n: Beta(alpha; n, 1) = alpha**(1/n) in closed form.
+    assert smoothing.clopper_pearson_lower(n, n, alpha) == pytest.approx(
+        alpha ** (1 / n), rel=1e-12)
+    assert smoothing.clopper_pearson_lower(n, n, alpha) == scipy.stats.beta.ppf(
+        alpha, n, 1)
+
+
+def test_clopper_pearson_interior_matches_scipy_exact_interval():
+  alpha = 0.01
+  for count, n in ((1, 7), (50, 100), (99_000, 100_000)):
+    two_sided = scipy.stats.binomtest(count, n).proportion_ci(
+        confidence_level=1 - 2 * alpha, method='exact')
+    assert smoothing.clopper_pearson_lower(count, n, alpha) == pytest.approx(
+        two_sided.low, rel=1e-10)
+
+
+def test_min_samples_are_the_exact_thresholds():
+  for alpha in (0.5, 0.1, 0.001, 1e-6):
+    n = smoothing.min_samples_to_certify(alpha)
+    assert alpha ** (1 / n) > 0.5 and (n == 1 or alpha ** (1 / (n - 1)) <= 0.5)
+    m = smoothing.min_samples_to_predict(alpha)
+    assert 2 * 0.5 ** m <= alpha and (m == 1 or 2 * 0.5 ** (m - 1) > alpha)
+  assert smoothing.min_samples_to_certify(0.001) == 10
+
+
+def test_certify_from_counts_abstains_below_one_half():
+  result = smoothing.certify_from_counts([30, 70], [60, 40], sigma=0.5, alpha=0.001)
+  assert result.prediction == smoothing.ABSTAIN and result.radius == 0.0
+  assert result.count == 40 and result.n == 100
+
+
+# ------------------------------------------------------------------------------------
+# The science: closed forms.
+
+
+def test_constant_classifier_gets_the_largest_possible_radius():
+  sigma, alpha, n = 0.25, 0.001, 500
+  params = jax.nn.one_hot(2, 3)
+  x = np.zeros(SHAPE, np.float32)
+  result = smoothing.certify(jax.random.key(0), constant_apply, params, x, num_classes=3,
+                             sigma=sigma, n0=20, n=n, alpha=alpha, batch_size=128)
+  np.testing.assert_array_equal(result.counts, [0, 0, n])
+  np.testing.assert_array_equal(result.selection_counts, [0, 0, 20])
+  assert result.prediction == 2
+  expected = sigma * scipy.stats.norm.ppf(alpha ** (1 / n))
+  assert result.radius == pytest.approx(expected, rel=1e-12)
+
+
+def test_linear_classifier_radius_never_exceeds_the_true_radius_beyond_alpha():
+  """For f(x) = 1[w.x + b > 0], g = f and the exact radius is |w.x + b| / ||w||.
+
+  A certificate exceeds it only if the Clopper-Pearson bound fails, which happens with
+  probability <= alpha = 0.01 per key, independently over keys. We certify 200 keys and
+  allow up to 12 exceedances: P(Binomial(200, 0.01) >= 13) < 1e-6.
+  """
+  params, x = linear_params(margin=0.3)
+  r_true = true_radius(params, x)
+  num_keys, alpha = 200, 0.01
+  images = np.broadcast_to(x, (num_keys, *SHAPE))
+  results = smoothing.certify_many(jax.random.key(1), linear_apply, params, images,
+                                   num_classes=2, sigma=0.5, n0=32, n=1000, alpha=alpha,
+                                   batch_size=4096)
+  radii = np.asarray([r.radius for r in results])
+  assert all(r.prediction in (1, smoothing.ABSTAIN) for r in results)
+  allowed = int(scipy.stats.binom.ppf(1 - 1e-6, num_keys, alpha))
+  assert allowed == 12
+  assert np.sum(radii > r_true + 1e-6) <= allowed
+  # Not vacuous: most certificates are close to the truth at n = 1,000.
+  assert np.median(radii) > 0.7 * r_true
+
+
+def test_linear_classifier_radius_approaches_the_true_radius_as_n_grows():
+  """At n = 100,000 the bound is within 0.02 of the truth (a 6-sigma binomial deviation
+  would be needed to miss: probability < 1e-8), and tighter than at n = 1,000."""
+  params, x = linear_params(margin=0.3)
+  r_true = true_radius(params, x)
+  images = np.broadcast_to(x, (4, *SHAPE))
+  kw = dict(num_classes=2, sigma=0.5, n0=32, alpha=0.001, batch_size=8192)
+  small = smoothing.certify_many(jax.random.key(2), linear_apply, params, images, n=1000,
+                                 **kw)
+  large = smoothing.certify_many(jax.random.key(2), linear_apply, params, images,
+                                 n=100_000, **kw)
+  small_radii = np.asarray([r.radius for r in small])
+  large_radii = np.asarray([r.radius for r in large])
+  assert np.all(np.abs(large_radii - r_true) < 0.02)
+  assert np.mean(np.abs(large_radii - r_true)) < np.mean(np.abs(small_radii - r_true))
+
+
+def test_predict_abstains_on_a_fair_coin_and_is_right_when_confident():
+  """The fair classifier votes class 1 iff the noise at pixel 0 is positive (p = 1/2).
+
+  PREDICT returns a class only if the binomial test rejects p = 1/2, which under this
+  null happens with probability <= alpha = 1e-6.
+  """
+  params, x = linear_params(margin=0.0)
+  fair = {'w': jnp.zeros(D).at[0].set(1.0), 'b': jnp.float32(-x.reshape(-1)[0])}
+  kw = dict(num_classes=2, sigma=0.5, n=10_000, alpha=1e-6, batch_size=4096)
+  assert smoothing.predict(jax.random.key(3), linear_apply, fair, x, **kw) == \
+      smoothing.ABSTAIN
+  confident, x = linear_params(margin=2.0)  # pA = Phi(4): n_B ~ 0.3 of 10,000.
+  assert smoothing.predict(jax.random.key(3), linear_apply, confident, x, **kw) == 1
+  negative, x = linear_params(margin=-2.0)
+  assert smoothing.predict(jax.random.key(3), linear_apply, negative, x, **kw) == 0
+
+
+# ------------------------------------------------------------------------------------
+# Determinism, batching, sharding, compilation.
+
+
+def test_same_key_same_certificate_and_batching_does_not_matter():
+  params = quantized_conv_params()
+  images = np.random.default_rng(0).random((6, *SHAPE)).astype(np.float32)
+  kw = dict(num_classes=3, sigma=0.5, n0=16, n=300, alpha=0.001)
+  key = jax.random.key(4)
+  a = smoothing.certify_many(key, quantized_conv_apply, params, images, batch_size=64,
+                             **kw)
+  b = smoothing.certify_many(key, quantized_conv_apply, params, images, batch_size=1000,
+                             **kw)
+  c = smoothing.certify_many(key, quantized_conv_apply, params, images, indices=[5, 2],
+                             batch_size=64, **kw)
+  single = smoothing.certify(jax.random.fold_in(key, 5), quantized_conv_apply, params,
+                             images[5], batch_size=7, **kw)
+  assert len({tuple(r.counts) for r in a}) > 1  # The images do differ.
+  for r, s in zip(a, b):
+    np.testing.assert_array_equal(r.counts, s.counts)
+    np.testing.assert_array_equal(r.selection_counts, s.selection_counts)
+    assert r.radius == s.radius and r.prediction == s.prediction
+  for r, s in ((a[5], c[0]), (a[2], c[1]), (a[5], single)):
+    np.testing.assert_array_equal(r.counts, s.counts)
+    assert r.radius == s.radius
+  again = smoothing.certify(jax.random.fold_in(key, 5), quantized_conv_apply, params,
+                            images[5], batch_size=7, **kw)
+  np.testing.assert_array_equal(again.counts, single.counts)
+  assert (again.prediction, again.radius) == (single.prediction, single.radius)
+  other = smoothing.certify(jax.random.key(5), quantized_conv_apply, params, images[5],
+                            batch_size=7, **kw)
+  assert not np.array_equal(other.counts, single.counts)  # P(equal) is negligible.
+
+
+def test_counts_sum_to_n_and_raw_keys_work():
+  params, x = linear_params(margin=0.1)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)  # Raw uint32[3, 2] keys.
+  counts = smoothing.count_noisy_predictions(keys, linear_apply, params,
+                                             np.stack([x] * 3), num_classes=2,
+                                             sigma=0.5, n=777, batch_size=100)
+  assert counts.shape == (3, 2) and np.all(counts.sum(axis=1) == 777)
+
+
+def test_one_compilation_for_many_images():
+  """Certifying more images, one by one or in batches, does not trace again."""
+  params, _ = linear_params(margin=0.2)
+  apply_fn = lambda p, x: linear_apply(p, x)  # A fresh function: a fresh cache entry.
+  images = np.random.default_rng(1).random((13, *SHAPE)).astype(np.float32)
+  kw = dict(num_classes=2, sigma=0.5, n0=16, n=200, alpha=0.001, batch_size=64)
+  before = smoothing._num_traces
+  smoothing.certify(jax.random.key(0), apply_fn, params, images[0], **kw)
+  assert smoothing._num_traces - before == 2  # Selection and estimation.
+  for i in range(1, 6):
+    smoothing.certify(jax.random.key(i), apply_fn, params, images[i], **kw)
+  assert smoothing._num_traces - before == 2
+  smoothing.certify_many(jax.random.key(0), apply_fn, params, images[:9], **kw)
+  after_first_batch = smoothing._num_traces
+  smoothing.certify_many(jax.random.key(1), apply_fn, params, images, **kw)
+  smoothing.certify_many(jax.random.key(2), apply_fn, params, images[:5], **kw)
+  assert smoothing._num_traces == after_first_batch
+  assert after_first_batch - before <= 3  # At most one new shape (4 images per step).
+
+
+_SHARDING_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    import smoothing_test as t
+    from rsp import smoothing
+    images = np.random.default_rng(0).random((5, *t.SHAPE)).astype(np.float32)
+    results = smoothing.certify_many(jax.random.key(7), t.quantized_conv_apply,
+                                     t.quantized_conv_params(), images,
+                                     **t.SHARDING_KWARGS)
+    json.dump({'num_devices': jax.device_count(),
+               'counts': [[r.selection_counts.tolist(), r.counts.tolist()]
+                          for r in results]}, sys.stdout)
+""")
+SHARDING_KWARGS = dict(num_classes=3, sigma=0.5, n0=8, n=250, alpha=0.001, batch_size=64)
+
+
+def test_sharded_over_four_devices_equals_one_device():
+  """The same key gives the same counts on 4 (fake CPU) devices as on 1."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env['PYTHONPATH'] = os.pathsep.join([os.path.dirname(tests_dir),
+                                       env.get('PYTHONPATH', '')])
+  proc = subprocess.run([sys.executable, '-c', _SHARDING_SCRIPT, tests_dir], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sharded = json.loads(proc.stdout)
+  assert sharded['num_devices'] == 4
+  images = np.random.default_rng(0).random((5, *SHAPE)).astype(np.float32)
+  results = smoothing.certify_many(jax.random.key(7), quantized_conv_apply,
+                                   quantized_conv_params(), images,
+                                   devices=jax.devices()[:1], **SHARDING_KWARGS)
+  assert sharded['counts'] == [[r.selection_counts.tolist(), r.counts.tolist()]
+                               for r in results]
+
+
+# ------------------------------------------------------------------------------------
+# certify_dataset: the resumable log.
+
+
+def _dataset(num=10):
+  rng = np.random.default_rng(2)
+  images = rng.random((num, *SHAPE)).astype(np.float32)
+  labels = rng.integers(0, 2, num).astype(np.int32)
+  return images, labels
+
+
+def _without_time(rows):
+  return [r._replace(time=0.0) for r in rows]
+
+
+def test_certify_dataset_resume_equals_uninterrupted(tmp_path):
+  params, _ = linear_params(margin=0.05)
+  images, labels = _dataset()
+  indices = [9, 0, 4, 7, 1, 3, 8]
+  kw = dict(indices=indices, num_classes=2, sigma=0.5, n0=16, n=400, alpha=0.001,
+            batch_size=64, chunk_size=2)
+  key = jax.random.key(8)
+  full_path = str(tmp_path / 'full.tsv')
+  full = smoothing.certify_dataset(key, linear_apply, params, images, labels,
+                                   tsv_path=full_path, **kw)
+  assert [r.idx for r in full] == indices
+  assert [r.label for r in full] == labels[indices].tolist()
+  assert all(r.correct == int(r.predict == r.label) for r in full)
+  with open(full_path) as f:
+    full_lines = f.read().splitlines()
+  assert full_lines[0] == 'idx\tlabel\tpredict\tradius\tcorrect\ttime'
+
+  # Killed after three rows, in the middle of writing the fourth.
+  resumed_path = str(tmp_path / 'resumed.tsv')
+  with open(resumed_path, 'w') as f:
+    f.write('\n'.join(full_lines[:4]) + '\n' + full_lines[4][:5])
+  resumed = smoothing.certify_dataset(key, linear_apply, params, images, labels,
+                                      tsv_path=resumed_path, **kw)
+  assert _without_time(resumed) == _without_time(full)
+  with open(resumed_path) as f:
+    resumed_lines = f.read().splitlines()
+  strip = lambda lines: [line.rsplit('\t', 1)[0] for line in lines]
+  assert strip(resumed_lines) == strip(full_lines)
+
+  # A first run on a prefix of the indices, then the full run, gives the same log.
+  prefix_path = str(tmp_path / 'prefix.tsv')
+  smoothing.certify_dataset(key, linear_apply, params, images, labels,
+                            tsv_path=prefix_path, **dict(kw, indices=indices[:2]))
+  continued = smoothing.certify_dataset(key, linear_apply, params, images, labels,
+                                        tsv_path=prefix_path, **kw)
+  assert _without_time(continued) == _without_time(full)
+  # Run again when complete: nothing to do, same rows.
+  again = smoothing.certify_dataset(key, no_work_apply, params, images, labels,
+                                    tsv_path=full_path, **kw)
+  assert again == full
+
+
+def test_certify_dataset_refuses_a_log_of_other_points(tmp_path):
+  params, _ = linear_params(margin=0.05)
+  images, labels = _dataset()
+  path = str(tmp_path / 'log.tsv')
+  kw = dict(num_classes=2, sigma=0.5, n0=16, n=100, alpha=0.001, batch_size=64)
+  smoothing.certify_dataset(jax.random.key(0), linear_apply, params, images, labels,
+                            indices=[1, 2], tsv_path=path, **kw)
+  with pytest.raises(ValueError, match='another run'):
+    smoothing.certify_dataset(jax.random.key(0), no_work_apply, params, images, labels,
+                              indices=[2, 1, 3], tsv_path=path, **kw)
+  other = str(tmp_path / 'other.tsv')
+  with open(other, 'w') as f:
+    f.write('something else\n')
+  with pytest.raises(ValueError, match='not a certification log'):
+    smoothing.certify_dataset(jax.random.key(0), no_work_apply, params, images, labels,
+                              tsv_path=other, **kw)
+
+
+# ------------------------------------------------------------------------------------
+# Guardrails: ValueError naming the argument, before any work or file.
+
+
+_GOOD = dict(num_classes=2, sigma=0.5, n0=16, n=100, alpha=0.001, batch_size=64)
+_BAD_ARGS = [
+    ('sigma', 0.0), ('sigma', -0.5), ('sigma', float('nan')), ('sigma', float('inf')),
+    ('alpha', 0.0), ('alpha', 1.0), ('alpha', 1.5), ('alpha', -0.1),
+    ('n0', 0), ('n0', 2.5), ('n', 0), ('n', -3), ('n', 9),
+    ('batch_size', 0), ('batch_size', -1), ('batch_size', 16.0),
+    ('num_classes', 1),
+]
+
+
+@pytest.mark.parametrize('name,value', _BAD_ARGS)
+def test_certify_rejects_bad_arguments_before_work(tmp_path, name, value):
+  x = np.zeros(SHAPE, np.float32)
+  kw = dict(_GOOD, **{name: value})
+  with pytest.raises(ValueError, match=name):
+    smoothing.certify(jax.random.key(0), no_work_apply, None, x, **kw)
+  with pytest.raises(ValueError, match=name):
+    smoothing.certify_many(jax.random.key(0), no_work_apply, None, x[None], **kw)
+  path = tmp_path / 'log.tsv'
+  with pytest.raises(ValueError, match=name):
+    smoothing.certify_dataset(jax.random.key(0), no_work_apply, None, x[None], [0],
+                              tsv_path=str(path), **kw)
+  assert not path.exists()
+
+
+def test_too_small_n_says_what_n_is_needed():
+  x = np.zeros(SHAPE, np.float32)
+  with pytest.raises(ValueError, match=r'n=9 .*alpha=0.001.*n >= 10'):
+    smoothing.certify(jax.random.key(0), no_work_apply, None, x, **dict(_GOOD, n=9))
+  with pytest.raises(ValueError, match=r'n=10 .*n >= 11'):
+    smoothing.predict(jax.random.key(0), no_work_apply, None, x, num_classes=2,
+                      sigma=0.5, n=10, alpha=0.001, batch_size=64)
+
+
+@pytest.mark.parametrize('bad', ['nan', 'inf', 'rank', 'empty', 'uint8'])
+def test_bad_images_are_rejected_before_work(tmp_path, bad):
+  x = np.zeros(SHAPE, np.float32)
+  if bad == 'nan':
+    x[0, 0, 0] = np.nan
+  elif bad == 'inf':
+    x[1, 2, 0] = -np.inf
+  elif bad == 'rank':
+    x = x[..., 0]
+  elif bad == 'empty':
+    x = np.zeros((0, 4, 1), np.float32)
+  else:
+    x = np.zeros(SHAPE, np.uint8)
+  match = {'rank': 'shape', 'empty': 'shape', 'uint8': 'dtype'}.get(bad, 'x ')
+  with pytest.raises(ValueError, match=match):
+    smoothing.certify(jax.random.key(0), no_work_apply, None, x, **_GOOD)
+  with pytest.raises(ValueError):
+    smoothing.predict(jax.random.key(0), no_work_apply, None, x, num_classes=2, sigma=0.5,
+                      n=100, alpha=0.001, batch_size=64)
+  with pytest.raises(ValueError, match='images'):
+    smoothing.certify_many(jax.random.key(0), no_work_apply, None, x[None], **_GOOD)
+  path = tmp_path / 'log.tsv'
+  with pytest.raises(ValueError, match='images'):
+    smoothing.certify_dataset(jax.random.key(0), no_work_apply, None, x[None], [0],
+                              tsv_path=str(path), **_GOOD)
+  assert not path.exists()
+
+
+def test_bad_labels_and_indices_are_rejected(tmp_path):
+  images, labels = _dataset(4)
+  path = tmp_path / 'log.tsv'
+  with pytest.raises(ValueError, match='labels'):
+    smoothing.certify_dataset(jax.random.key(0), no_work_apply, None, images, labels[:3],
+                              tsv_path=str(path), **_GOOD)
+  for indices in ([0, 4], [-1], [1, 1]):
+    with pytest.raises(ValueError, match='indices'):
+      smoothing.certify_dataset(jax.random.key(0), no_work_apply, None, images, labels,
+                                indices=indices, tsv_path=str(path), **_GOOD)
+  assert not path.exists()
+
+
+def test_nonfinite_logits_and_wrong_num_classes_raise():
+  x = np.zeros(SHAPE, np.float32)
+  nan_apply = lambda p, xs: jnp.full((xs.shape[0], 2), jnp.nan)
+  with pytest.raises(FloatingPointError, match='NaN'):
+    smoothing.certify(jax.random.key(0), nan_apply, None, x, **_GOOD)
+  with pytest.raises(ValueError, match='num_classes'):
+    smoothing.certify(jax.random.key(0), constant_apply, jnp.ones(3), x, **_GOOD)
+
+
+def test_batch_plan_fills_batches_and_shards_evenly():
+  assert smoothing.batch_plan(500, 100, 1000) == (10, 100, 1)  # 10 images per step.
+  assert smoothing.batch_plan(3, 100, 1000) == (4, 100, 1)     # Capped at pow2(3).
+  assert smoothing.batch_plan(1, 100, 1000) == (1, 100, 1)
+  assert smoothing.batch_plan(1, 100_000, 1000) == (1, 1000, 100)
+  assert smoothing.batch_plan(1, 10_000, 3000) == (1, 2500, 4)  # Equal steps, no waste.
+  assert smoothing.batch_plan(1, 1001, 10_000, 4) == (1, 1004, 1)
