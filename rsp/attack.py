@@ -1,0 +1,515 @@
+r"""PACD: Poisoning Against Certified Defenses (Mehra, Kailkhura, Chen & Hamm, CVPR 2021).
+
+A clean-label attack on one target class t: every training image of class t is replaced by
+a perturbed copy ``x~_j = clip(x_j + delta_j, 0, 1)``, ``||delta_j||_inf <= eps``, labels
+unchanged, so that a victim trained from scratch on the poisoned set with a certified
+training method (Gaussian augmentation, MACER, SmoothAdv) has a small certified radius on
+class t. The bilevel problem (SPEC.md section B)::
+
+    min_{delta}  F(w*(delta)),     w*(delta) = argmin_w g(w, x~(delta)),
+
+    F(w) = 1/B_v sum_{x in V_t} 1[c_hat(x) = t] * sigma/2 * (Phi^-1((1-2a) p_(1)(x) + a)
+                                                         - Phi^-1((1-2a) p_(2)(x) + a)),
+
+with ``p(x) = 1/k sum_i softmax(beta z_w(x + eta_i))`` the soft smoothed classifier on
+target-class validation points V_t (``rsp.robust_training.certified_radius_surrogate``),
+and g the victim's training loss on a batch of clean non-target points and poisons
+(``rsp.robust_training``). The outer objective does not depend on the poisons directly.
+
+The attack loop (SPEC.md section C). A surrogate network is trained online together with
+the poisons: per outer step, a batch of ``clean_batch_size`` non-target points, a batch of
+``poison_batch_size`` poisons and ``val_batch_size`` target-class validation points are
+drawn; then either
+
+* ``mode='implicit'`` (the paper's): ``inner_steps`` Adam steps on g, then the implicit
+  hypergradient (``rsp.bilevel.implicit_hypergrad``) with ``solver`` ('approxgrad' as in
+  the paper, 'cg', 'neumann' or 'identity') warm-started from the previous solution; or
+* ``mode='unrolled'``: ``inner_steps`` inner SGD steps unrolled and differentiated
+  through (``rsp.bilevel.unrolled_hypergrad``), the final weights kept as the next warm
+  start;
+
+then one step of the poisons' optimiser (per-poison Adam with learning rate ``lr_u``, or a
+signed step) and the projection onto the eps ball and [0, 1]. The surrogate, solver and
+optimiser states are re-initialised every ``reinit_every_epochs`` epochs; the poisons
+persist. A non-finite objective, inner loss or hypergradient skips the poison update and
+re-initialises the surrogate (logged and counted): no NaN ever reaches a poison.
+
+Decisions on the reference code's quirks (SPEC.md section G), documented here once:
+
+* G.3: the poisons' Adam moments are kept per poison (exact), instead of slots shared by
+  whichever poisons the batch drew; ``poison_optimizer='sign'`` gives a signed step.
+* G.6: noise is drawn fresh at every step for every method (the reference fixes it per
+  point for MACER and SmoothAdv); all randomness comes from ``fold_in(key, step)``.
+* G.8: the SmoothAdv inner problem uses the victim's attack
+  (``rsp.robust_training.smoothadv_perturbation``, by default the reference's Adam variant)
+  as a constant perturbation of clean points and poisons, with the reference's 20-epoch
+  warm-up cycle of its radius.
+* G.10, G.11: the final poisons are saved (no off-by-one) and NaN is checked every step.
+* G.2: CIFAR validation and inner batches get per-image crop+flip where the reference
+  applies its batch-wide crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rsp import bilevel
+from rsp import checkpointing
+from rsp import data as data_lib
+from rsp import metrics as metrics_lib
+from rsp import models
+from rsp import robust_training
+from rsp import train as train_lib
+
+MODES = ('implicit', 'unrolled')
+SOLVERS = ('approxgrad', 'cg', 'neumann', 'identity')
+INNER_METHODS = ('gaussian', 'macer', 'smoothadv')
+POISON_OPTIMIZERS = ('adam', 'sign')
+
+
+# ------------------------------------------------------------------------------------
+# The objectives.
+
+
+def project_linf(poisons: jax.Array, clean: jax.Array, eps: float) -> jax.Array:
+  """Projects poisons onto ``{x : ||x - clean||_inf <= eps} & [0, 1]`` (both convex).
+
+  ``clip(clean + clip(poisons - clean, -eps, eps), 0, 1)``: as ``clean`` is in [0, 1],
+  the result lies in the intersection.
+  """
+  delta = jnp.clip(poisons - clean, -eps, eps)
+  return jnp.clip(clean + delta, 0.0, 1.0)
+
+
+def outer_objective(params, state, images: jax.Array, labels: jax.Array, key: jax.Array,
+                    *, apply_fn, sigma: float, num_noise: int, beta: float = 16.0,
+                    alpha: float = 1e-3, train: bool = False) -> jax.Array:
+  """PACD's outer objective F: the mean soft certified-radius surrogate (SPEC.md B).
+
+  ``F = 1/B sum_x 1[c_hat(x) = y] R(x)`` with ``R`` from
+  ``rsp.robust_training.certified_radius_surrogate`` over ``num_noise`` noise draws.
+  Misclassified points count in the denominator with radius 0 (and give no gradient).
+
+  Args:
+    params, state: the surrogate's parameters and model state.
+    images: ``[B, H, W, C]`` target-class validation images; labels ``[B]``.
+    key: noise key.
+    apply_fn: ``apply_fn(params, state, images, train) -> (logits, state)``.
+    sigma, num_noise, beta, alpha: smoothing noise, k, inverse temperature, squash.
+    train: the model's mode (BatchNorm) for this forward pass.
+
+  Returns:
+    The scalar F (the attacker minimises it).
+  """
+  b = images.shape[0]
+  noisy = robust_training.add_gaussian_noise(key, images, sigma, num_noise)
+  logits, _ = apply_fn(params, state, noisy, train)
+  probs = robust_training.soft_smoothed_probs(logits.reshape(b, num_noise, -1), beta)
+  radius, correct = robust_training.certified_radius_surrogate(probs, labels, sigma=sigma,
+                                                               alpha=alpha)
+  return jnp.sum(jnp.where(correct, radius, 0.0)) / b
+
+
+def inner_batch(clean_images, clean_labels, poisons, target_class: int):
+  """The inner training batch: clean non-target points followed by the poisons."""
+  images = jnp.concatenate([clean_images, poisons], axis=0)
+  labels = jnp.concatenate([clean_labels, jnp.full((poisons.shape[0],), target_class,
+                                                   clean_labels.dtype)])
+  return {'image': images, 'label': labels}
+
+
+def inner_loss_fn(method: str, hparams: Mapping[str, Any]):
+  """The victim's training loss used as the inner objective g (SPEC.md B).
+
+  'gaussian' and 'smoothadv' (whose adversarial perturbation is added to the batch
+  beforehand, as a constant) are cross-entropy under Gaussian noise; 'macer' is the MACER
+  loss. All are means over the B_c + B_p points of the batch.
+  """
+  if method not in INNER_METHODS:
+    raise ValueError(f'method={method!r} is not known; accepted: '
+                     f'{", ".join(INNER_METHODS)}.')
+  hp = dict(hparams)
+  if method == 'macer':
+    return robust_training.get_loss('macer', **hp)
+  keep = {k: hp[k] for k in ('sigma', 'num_noise') if k in hp}
+  return robust_training.get_loss('gaussian', **keep)
+
+
+def smoothadv_cycle_epsilon(epoch: int, epsilon: float) -> float:
+  """The reference attack's SmoothAdv radius within each 20-epoch cycle (SPEC.md B.3).
+
+  ``epoch % 20 == 1``: no attack; ``in {2, 3, 4}``: ``0.2 (epoch % 20) eps``;
+  ``== 0``: 0; otherwise ``eps``. ``epoch`` counts from 1.
+  """
+  r = epoch % 20
+  if r in (0, 1):
+    return 0.0
+  if r in (2, 3, 4):
+    return 0.2 * r * epsilon
+  return float(epsilon)
+
+
+# ------------------------------------------------------------------------------------
+# The jitted outer step.
+
+
+def _tree_isfinite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
+  """A jitted PACD outer step for ``config`` (see ``attack_config_fields``).
+
+  ``step(carry, clean_x, clean_y, poisons, clean_of_poisons, moments, val_x, val_y,
+  adv_eps, key) -> (carry, poisons, moments, metrics)``, where ``carry`` holds the
+  surrogate (params, state, inner optimiser state) and the solver's warm start, and
+  ``moments`` the poisons' optimiser state for this batch (first, second moment, count).
+  """
+  a = config.attack
+  method = a.method
+  loss = inner_loss_fn(method, a.inner)
+  inner_tx = optax.adam(a.lr_v, eps_root=1e-12 if a.mode == 'unrolled' else 0.0)
+  target = int(config.target_class)
+  eps = float(config.eps)
+  augment = bool(a.get('augment', False))
+  outer = functools.partial(outer_objective, apply_fn=train_apply_fn, sigma=a.sigma,
+                            num_noise=a.outer_num_noise, beta=a.beta, alpha=a.alpha)
+
+  def inner_value(params, state, batch, key):
+    value, (new_state, _) = loss(params, state, batch, key, apply_fn=train_apply_fn)
+    return value, new_state
+
+  @jax.jit
+  def step(carry, clean_x, clean_y, poisons, clean_of_poisons, moments, val_x, val_y,
+           adv_eps, key):
+    params, state, opt_state, solution, solver_state = carry
+    k_aug, k_adv, k_inner, k_hyper, k_outer, k_val = jax.random.split(key, 6)
+    if augment:
+      clean_x = train_lib.random_crop_flip(k_aug, clean_x)
+      val_x = train_lib.random_crop_flip(k_val, val_x)
+    adv_clean = jnp.zeros_like(clean_x)
+    adv_poison = jnp.zeros_like(poisons)
+    if method == 'smoothadv':
+      # The victim's attack, a constant for the bilevel gradient (SPEC.md B.3).
+      sa = a.inner
+      noise_c = sa.sigma * jax.random.normal(k_adv, (clean_x.shape[0], 1, *clean_x.shape[1:]))
+      noise_p = sa.sigma * jax.random.normal(jax.random.fold_in(k_adv, 1),
+                                             (poisons.shape[0], 1, *poisons.shape[1:]))
+      both = jnp.concatenate([clean_x, poisons])
+      labels = jnp.concatenate([clean_y, jnp.full((poisons.shape[0],), target,
+                                                  clean_y.dtype)])
+      delta = robust_training.smoothadv_perturbation(
+          params, state, both, labels, jnp.concatenate([noise_c, noise_p]),
+          apply_fn=train_apply_fn, epsilon=adv_eps, num_steps=sa.get('num_steps', 2),
+          pgd=sa.get('pgd', 'adam'))
+      adv_clean, adv_poison = delta[:clean_x.shape[0]], delta[clean_x.shape[0]:]
+    clean_in = clean_x + adv_clean
+
+    def inner_fn(w, u, st, step=0):
+      batch = inner_batch(clean_in, clean_y, u + adv_poison, target)
+      return inner_value(w, st, batch, jax.random.fold_in(k_inner, step))
+
+    def outer_fn(w, u, st):
+      del u  # F does not depend on the poisons directly.
+      return outer(w, st, val_x, val_y, k_outer)
+
+    inner_losses = []
+    if a.mode == 'implicit':
+      for i in range(a.inner_steps):
+        (value, new_state), grads = jax.value_and_grad(
+            lambda w: inner_fn(w, poisons, state, i), has_aux=True)(params)
+        updates, opt_state = inner_tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        state = new_state
+        inner_losses.append(value)
+      hyper_inner = lambda w, u, st: inner_fn(w, u, st, a.inner_steps)
+      grad_u, aux = bilevel.implicit_hypergrad(
+          outer_fn, hyper_inner, params, poisons, method=a.solver, damping=a.damping,
+          maxiter=a.solver_steps, learning_rate=a.lr_p, init=solution,
+          solver_state=solver_state, has_aux=True, state=state, return_aux=True)
+      solution, solver_state = aux.solution, aux.solver_state
+      residual, objective = aux.residual, aux.value
+      inner_loss = jnp.stack(inner_losses).mean()
+    else:
+      grad_u, aux = bilevel.unrolled_hypergrad(
+          outer_fn, inner_fn, params, poisons, num_steps=a.inner_steps,
+          optimizer=inner_tx, opt_state=opt_state, has_aux=True, state=state,
+          pass_step=True, remat=bool(a.get('remat', False)), return_aux=True)
+      params, opt_state, state = aux.params, aux.opt_state, aux.state
+      residual, objective = jnp.zeros(()), aux.value
+      inner_loss = jnp.mean(aux.inner_losses)
+
+    finite = (_tree_isfinite(grad_u) & jnp.isfinite(objective) & jnp.isfinite(inner_loss)
+              & _tree_isfinite(params))
+    grad_u = jnp.where(finite, grad_u, 0.0)
+    m, v, count = moments
+    if a.poison_optimizer == 'adam':
+      b1, b2 = 0.9, 0.999
+      count = count + finite.astype(count.dtype)
+      m = jnp.where(finite, b1 * m + (1 - b1) * grad_u, m)
+      v = jnp.where(finite, b2 * v + (1 - b2) * grad_u ** 2, v)
+      t = jnp.maximum(count, 1).astype(jnp.float32).reshape(-1, *[1] * (m.ndim - 1))
+      update = (m / (1 - b1 ** t)) / (jnp.sqrt(v / (1 - b2 ** t)) + 1e-8)
+    else:
+      update = jnp.sign(grad_u)
+    new_poisons = project_linf(poisons - a.lr_u * update, clean_of_poisons, eps)
+    new_poisons = jnp.where(finite, new_poisons, poisons)
+    metrics = {
+        'outer_objective': objective, 'inner_loss': inner_loss,
+        'hypergrad_norm': jnp.sqrt(jnp.sum(grad_u ** 2)), 'solver_residual': residual,
+        'finite': finite,
+    }
+    return ((params, state, opt_state, solution, solver_state), new_poisons, (m, v, count),
+            metrics)
+
+  return step, inner_tx
+
+
+# ------------------------------------------------------------------------------------
+# The attack loop.
+
+
+@dataclasses.dataclass
+class PoisonResult:
+  """Poisons and where they came from."""
+  poisons: np.ndarray        # [P, H, W, C] the poisoned target-class training images
+  indices: np.ndarray        # [P] their indices in the training split
+  clean_images: np.ndarray   # [P, H, W, C]
+  metadata: dict[str, Any]
+  path: str                  # the poison file
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for an attack config that cannot work, before any work."""
+  if config.dataset not in data_lib.DATASETS:
+    raise ValueError(f'config.dataset={config.dataset!r} is not known; accepted: '
+                     f'{", ".join(data_lib.DATASETS)}.')
+  if config.model not in models.MODELS:
+    raise ValueError(f'config.model={config.model!r} is not known; accepted: '
+                     f'{", ".join(models.MODELS)}.')
+  num_classes = data_lib.info(config.dataset)['num_classes']
+  if not 0 <= config.target_class < num_classes:
+    raise ValueError(f'config.target_class={config.target_class} must be in '
+                     f'[0, {num_classes}).')
+  if not 0 < config.eps <= 1:
+    raise ValueError(f'config.eps={config.eps} must be in (0, 1].')
+  a = config.attack
+  for name, value, accepted in (('method', a.method, INNER_METHODS),
+                                ('mode', a.mode, MODES), ('solver', a.solver, SOLVERS),
+                                ('poison_optimizer', a.poison_optimizer,
+                                 POISON_OPTIMIZERS)):
+    if value not in accepted:
+      raise ValueError(f'config.attack.{name}={value!r} is not known; accepted: '
+                       f'{", ".join(accepted)}.')
+  if a.sigma <= 0:
+    raise ValueError(f'config.attack.sigma={a.sigma} must be > 0.')
+  for name in ('clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
+               'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'):
+    value = a.get(name)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.attack.{name}={value!r} must be an integer >= 1.')
+  for name in ('lr_u', 'lr_v', 'lr_p'):
+    if a.get(name) <= 0:
+      raise ValueError(f'config.attack.{name}={a.get(name)} must be > 0.')
+  if a.damping < 0:
+    raise ValueError(f'config.attack.damping={a.damping} must be >= 0.')
+  if not 0 <= a.alpha < 0.5:
+    raise ValueError(f'config.attack.alpha={a.alpha} must be in [0, 0.5).')
+  robust_training.validate_hparams(a.method, **dict(a.inner))
+
+
+def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+  return rng.choice(n, size=min(size, n), replace=False)
+
+
+def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np.ndarray]],
+         workdir: str) -> PoisonResult:
+  """Runs PACD on ``splits`` and writes ``workdir/poisons.npz``; resumable.
+
+  Args:
+    config: an attack config (``rsp/configs/poison_mnist.py``).
+    splits: ``{'train', 'val'}`` clean splits; the target class's training points are
+      poisoned, its validation points drive the outer objective.
+    workdir: config, metrics (``attack_metrics.jsonl``), checkpoints and the poison file.
+
+  Returns:
+    The poisons (also in ``workdir/poisons.npz``).
+  """
+  validate_config(config)
+  info = data_lib.info(config.dataset)
+  for name in ('train', 'val'):
+    if name not in splits:
+      raise ValueError(f'splits has no {name!r} split; it has {sorted(splits)}.')
+    data_lib.validate(splits[name], name=f'splits[{name!r}]', image_shape=info['shape'],
+                      num_classes=info['num_classes'])
+  a = config.attack
+  target = int(config.target_class)
+  train_ds, val_ds = splits['train'], splits['val']
+  poison_idx = data_lib.class_indices(train_ds, target)
+  clean_pool = data_lib.remove_class(train_ds, target)
+  val_t = data_lib.select_class(val_ds, target)
+  clean_poisons = np.asarray(train_ds['image'])[poison_idx]
+  n_clean, n_p, n_v = len(clean_pool['label']), len(poison_idx), len(val_t['label'])
+  b_c = min(a.clean_batch_size, n_clean)
+  steps_per_epoch = max(1, n_clean // b_c)
+  if a.get('steps_per_epoch', 0):
+    steps_per_epoch = min(steps_per_epoch, int(a.steps_per_epoch))
+  total_steps = steps_per_epoch * a.num_epochs
+
+  os.makedirs(workdir, exist_ok=True)
+  metrics_lib.write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+  model = models.get_model(config.model, info['num_classes'],
+                           **dict(config.get('model_kwargs', {})))
+  train_apply = models.make_train_apply_fn(model)
+  step_fn, inner_tx = make_outer_step(config, train_apply)
+
+  root = jax.random.key(config.seed)
+  init_key, step_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+  def fresh_carry(cycle: int):
+    params, state = models.split_variables(
+        models.init_model(jax.random.fold_in(init_key, cycle), model, info['shape']))
+    solution = jax.tree.map(jnp.zeros_like, params)
+    solver_state = optax.adam(a.lr_p).init(params)
+    return (params, state, inner_tx.init(params), solution, solver_state)
+
+  def fresh_moments():
+    return (np.zeros_like(clean_poisons), np.zeros_like(clean_poisons),
+            np.zeros((n_p,), np.int32))
+
+  def pack(carry, poisons, moments):
+    return {'carry': carry, 'poisons': poisons, 'm': moments[0], 'v': moments[1],
+            'count': moments[2]}
+
+  like = pack(fresh_carry(0), clean_poisons.copy(), fresh_moments())
+  metrics_path = os.path.join(workdir, 'attack_metrics.jsonl')
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'attack_checkpoints'))
+  restored, meta = ckpt.restore_or_init(like, {'step': 0, 'nonfinite_steps': 0,
+                                               'seconds': 0.0})
+  start = int(meta['step'])
+  nonfinite = int(meta['nonfinite_steps'])
+  seconds = float(meta['seconds'])
+  carry = restored['carry']
+  poisons = np.array(restored['poisons'], np.float32)
+  moments = (np.array(restored['m']), np.array(restored['v']), np.array(restored['count']))
+  train_lib._trim_metrics(metrics_path, start)  # pylint: disable=protected-access
+  if start:
+    logging.info('PACD: resuming at step %d of %d from %s.', start, total_steps, workdir)
+  writer = metrics_lib.MetricWriter(metrics_path)
+  log_every = max(1, a.get('log_every_steps', 10))
+  ckpt_every = max(1, a.get('checkpoint_every_steps', steps_per_epoch))
+  t_start = time.time()
+  for step in range(start, total_steps):
+    epoch = step // steps_per_epoch + 1  # counts from 1 as in the reference
+    if step % steps_per_epoch == 0 and step > 0 and \
+        (epoch - 1) % a.reinit_every_epochs == 0:
+      # Re-initialise the surrogate, the solver and every optimiser state; poisons stay.
+      carry = fresh_carry(step)
+      moments = fresh_moments()
+      logging.info('PACD: re-initialised the surrogate at epoch %d.', epoch)
+    rng = np.random.default_rng([config.seed, step])
+    perm_epoch = np.random.default_rng([config.seed, 10**6 + epoch - 1]).permutation(n_clean)
+    pos = step % steps_per_epoch
+    ci = perm_epoch[pos * b_c:(pos + 1) * b_c]
+    pi = _sample(rng, n_p, a.poison_batch_size)
+    vi = _sample(rng, n_v, a.val_batch_size)
+    adv_eps = smoothadv_cycle_epsilon(epoch, a.inner.get('epsilon', 0.0)) \
+        if a.method == 'smoothadv' else 0.0
+    batch_moments = (moments[0][pi], moments[1][pi], moments[2][pi])
+    carry, new_p, new_m, m = step_fn(
+        carry, clean_pool['image'][ci], clean_pool['label'][ci], poisons[pi],
+        clean_poisons[pi], batch_moments, val_t['image'][vi], val_t['label'][vi],
+        jnp.float32(adv_eps), jax.random.fold_in(step_key, step))
+    m = {k: float(v) for k, v in m.items()}
+    if not m['finite']:
+      nonfinite += 1
+      logging.warning('PACD step %d: non-finite objective, loss or hypergradient; '
+                      'poison update skipped, surrogate re-initialised.', step)
+      carry = fresh_carry(10**6 + step)
+    else:
+      poisons[pi] = np.asarray(new_p)
+      for arr, new in zip(moments, new_m):
+        arr[pi] = np.asarray(new)
+    done = step + 1
+    if done % log_every == 0 or done == total_steps:
+      delta = poisons - clean_poisons
+      elapsed = seconds + time.time() - t_start
+      rate = (done - start) / max(time.time() - t_start, 1e-9)
+      writer.write_scalars(done, dict(
+          {k: v for k, v in m.items() if k != 'finite'}, epoch=epoch,
+          nonfinite_steps=nonfinite, perturbation_linf=float(np.abs(delta).max()),
+          perturbation_l2=float(np.sqrt((delta ** 2).reshape(n_p, -1).sum(1)).mean()),
+          seconds=elapsed))
+      logging.info('PACD step %d/%d epoch %d: F %.4f inner %.4f |g| %.3g res %.3g '
+                   '| %.2f steps/s | %.0f s left', done, total_steps, epoch,
+                   m['outer_objective'], m['inner_loss'], m['hypergrad_norm'],
+                   m['solver_residual'], rate, (total_steps - done) / max(rate, 1e-9))
+    if done % ckpt_every == 0 or done == total_steps:
+      seconds_now = seconds + time.time() - t_start
+      ckpt.save(done, pack(carry, poisons, moments),
+                {'step': done, 'nonfinite_steps': nonfinite, 'seconds': seconds_now})
+  seconds += time.time() - t_start
+  writer.close()
+  ckpt.close()
+
+  metadata = {
+      'dataset': config.dataset, 'data_seed': int(config.get('data_seed', 0)),
+      'target_class': target, 'eps': float(config.eps), 'method': a.method,
+      'sigma': float(a.sigma), 'seed': int(config.seed), 'model': config.model,
+      'mode': a.mode, 'solver': a.solver, 'steps': total_steps,
+      'nonfinite_steps': nonfinite, 'attack_seconds': seconds, 'kind': 'pacd',
+  }
+  path = os.path.join(workdir, 'poisons.npz')
+  data_lib.save_poisons(path, poisons=poisons, indices=poison_idx,
+                        clean_images=clean_poisons,
+                        labels=np.asarray(train_ds['label'])[poison_idx], metadata=metadata)
+  logging.info('PACD: wrote %s after %.0f s (%d non-finite steps).', path, seconds,
+               nonfinite)
+  return PoisonResult(poisons=poisons, indices=poison_idx, clean_images=clean_poisons,
+                      metadata=data_lib.load_poisons(path)['metadata'], path=path)
+
+
+def random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *, target_class: int,
+                   eps: float, kind: str = 'sign') -> tuple[np.ndarray, np.ndarray]:
+  """A baseline: random perturbations of the target class's training images.
+
+  Args:
+    key: randomness.
+    train: the clean training split.
+    target_class: the class whose images are perturbed.
+    eps: L-inf budget.
+    kind: 'sign' (uniform +-eps per pixel, then clipped to [0, 1]: on MNIST's black
+      background this is a one-sided brightening, FINDINGS.md) or 'uniform' (U[-eps, eps]).
+
+  Returns:
+    ``(indices, poisons)``.
+  """
+  if kind not in ('sign', 'uniform'):
+    raise ValueError(f"kind={kind!r} is not known; accepted: 'sign', 'uniform'.")
+  idx = data_lib.class_indices(train, target_class)
+  clean = np.asarray(train['image'])[idx]
+  if kind == 'sign':
+    delta = eps * np.asarray(jax.random.rademacher(key, clean.shape, jnp.float32))
+  else:
+    delta = np.asarray(jax.random.uniform(key, clean.shape, jnp.float32, -eps, eps))
+  return idx, np.clip(clean + delta, 0.0, 1.0).astype(np.float32)
+
+
+def run_attack(config: ml_collections.ConfigDict, workdir: str) -> PoisonResult:
+  """Loads the config's data and runs ``pacd``; what ``experiments/poison.py`` calls."""
+  validate_config(config)
+  kwargs = {'data_dir': config.data_dir} if config.get('data_dir') else {}
+  splits = data_lib.load(config.dataset, seed=config.get('data_seed', 0), **kwargs)
+  return pacd(config, splits, workdir)

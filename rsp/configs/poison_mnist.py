@@ -1,0 +1,80 @@
+"""PACD against a LeNet on MNIST (SPEC.md sections B, C: the reference's constants).
+
+Argument: ``METHOD[,MODE]``, METHOD in gaussian | macer | smoothadv (the victim's
+training method the poisons target; default gaussian), MODE in paper | small | tiny.
+
+* paper: full MNIST (TFDS), target 8, eps 0.1; B_c/B_p/B_v 900/100/100; ApproxGrad with
+  niter1/niter2 10/10 (SmoothAdv 1/10), lr_v 1e-3, lr_p 1e-2 (MACER 1e-4, SmoothAdv
+  1e-3), lr_u 0.1, sig 1e-3; 50 epochs (SmoothAdv 100) of 61 steps, re-initialised every
+  10 (SmoothAdv 20). Outer: k 20, beta 16, alpha 1e-3 (SmoothAdv 1e-4), sigma 0.5 (GA)
+  or 0.75 (MACER, SmoothAdv). Needs a GPU: an estimated 1-3 h.
+* small: the embedded MNIST subset (350 poisons), a budget of about 8 minutes on a
+  2-core CPU (see the README for what it achieves).
+* tiny: a few steps, for tests.
+
+Command::
+
+    python experiments/poison.py --config=rsp/configs/poison_mnist.py:gaussian,small \\
+        --workdir=/tmp/rsp/poison_mnist_gaussian
+"""
+
+from rsp.configs import poison_common
+
+
+def get_config(arg: str | None = None):
+  method, mode = poison_common.parse_arg(arg)
+  c = poison_common.base_config()
+  c.dataset = 'mnist'
+  c.model = 'lenet'
+  c.eps = 0.1
+  a = c.attack
+  a.method = method
+  if method == 'gaussian':
+    a.sigma = 0.5
+    a.inner.sigma = 0.5
+    a.lr_p = 1e-2
+  elif method == 'macer':
+    a.sigma = 0.75
+    a.inner.sigma = 0.75
+    a.inner.num_noise = 1   # The attack's k_in, lambda (victims use 16, 16).
+    a.inner.lbd = 1.0
+    a.inner.gamma = 8.0
+    a.inner.beta = 16.0
+    a.inner.alpha = 1e-3
+    a.lr_p = 1e-4
+  else:
+    a.sigma = 0.75
+    a.alpha = 1e-4
+    a.inner.sigma = 0.75
+    a.inner.epsilon = 1.0
+    a.inner.num_steps = 2
+    a.inner.pgd = 'adam'
+    a.inner_steps = 1
+    a.lr_p = 1e-3
+    a.num_epochs = 100
+    a.reinit_every_epochs = 20
+
+  if mode == 'small':
+    c.dataset = 'mnist_embedded'
+    a.clean_batch_size = 180
+    a.poison_batch_size = 20
+    a.val_batch_size = 50
+    a.outer_num_noise = 8
+    a.solver = 'identity'
+    a.inner_steps = 5 if method != 'smoothadv' else 1
+    a.num_epochs = 24
+    a.reinit_every_epochs = 6
+    a.log_every_steps = 20
+  elif mode == 'tiny':
+    c.dataset = 'mnist_embedded'
+    a.clean_batch_size = 16
+    a.poison_batch_size = 4
+    a.val_batch_size = 4
+    a.outer_num_noise = 2
+    a.inner_steps = 2 if method != 'smoothadv' else 1
+    a.solver_steps = 2
+    a.num_epochs = 2
+    a.steps_per_epoch = 2
+    a.reinit_every_epochs = 1
+    a.log_every_steps = 1
+  return c
