@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any, Mapping
@@ -277,6 +278,24 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
   return step, inner_tx
 
 
+# Compiled outer steps by (config, model, objective): repeated attacks in one process (seeds,
+# tests, the protocol's cells) reuse the compilation.
+_STEP_CACHE: dict[Any, Any] = {}
+
+
+def _cached_outer_step(config, model, train_apply):
+  loop_only = ('num_epochs', 'steps_per_epoch', 'reinit_every_epochs', 'log_every_steps',
+               'checkpoint_every_steps')
+  used = {'target_class': config.target_class, 'eps': config.eps,
+          'attack': {k: v for k, v in config.attack.to_dict().items() if k not in loop_only}}
+  key = (json.dumps(used, sort_keys=True, default=str), model, outer_objective)
+  if key not in _STEP_CACHE:
+    if len(_STEP_CACHE) > 16:
+      _STEP_CACHE.clear()
+    _STEP_CACHE[key] = make_outer_step(config, train_apply)
+  return _STEP_CACHE[key]
+
+
 # ------------------------------------------------------------------------------------
 # The attack loop.
 
@@ -373,7 +392,7 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   model = models.get_model(config.model, info['num_classes'],
                            **dict(config.get('model_kwargs', {})))
   train_apply = models.make_train_apply_fn(model)
-  step_fn, inner_tx = make_outer_step(config, train_apply)
+  step_fn, inner_tx = _cached_outer_step(config, model, train_apply)
 
   root = jax.random.key(config.seed)
   init_key, step_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)

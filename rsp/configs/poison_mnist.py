@@ -10,7 +10,7 @@ training method the poisons target; default gaussian), MODE in paper | small | t
   or 0.75 (MACER, SmoothAdv). Needs a GPU: an estimated 1-3 h.
 * small: the embedded MNIST subset (350 poisons), a budget of about 8 minutes on a
   2-core CPU (see the README for what it achieves).
-* tiny: a few steps, for tests.
+* tiny: a few steps with a small MLP surrogate, for tests.
 
 Command::
 
@@ -67,6 +67,9 @@ def get_config(arg: str | None = None):
     a.log_every_steps = 20
   elif mode == 'tiny':
     c.dataset = 'mnist_embedded'
+    c.model = 'mlp'  # A small surrogate: tests compile in seconds.
+    c.model_kwargs.hidden = (32,)
+    a.lr_v = 1e-2  # So that the surrogate classifies some 8s after a few steps.
     a.clean_batch_size = 16
     a.poison_batch_size = 4
     a.val_batch_size = 4
