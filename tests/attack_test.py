@@ -13,6 +13,7 @@ from scipy import stats
 
 from rsp import attack
 from rsp import data
+from rsp.configs import poison_cifar10
 from rsp.configs import poison_mnist
 
 jax.config.update('jax_disable_most_optimizations', True)
@@ -166,3 +167,26 @@ def test_pacd_never_writes_nan(splits, tmp_path, monkeypatch):
   loaded = _check_poison_file(result.path, splits, 0.1)
   np.testing.assert_array_equal(loaded['poisons'], loaded['clean_images'])
   assert loaded['metadata']['nonfinite_steps'] == 4
+
+
+@pytest.mark.parametrize('module', [poison_mnist, poison_cifar10])
+@pytest.mark.parametrize('which', ['gaussian', 'macer', 'smoothadv'])
+@pytest.mark.parametrize('mode', ['', ',small', ',tiny'])
+def test_all_paper_settings_are_valid(module, which, mode):
+  c = module.get_config(which + mode)
+  attack.validate_config(c)
+  assert c.attack.method == which and c.target_class == 8
+  assert c.eps == (0.1 if module is poison_mnist else 0.03)
+
+
+def test_cifar10_paper_config_runs_on_mock_data(tmp_path):
+  """The CIFAR-10 GA setting (ResNet-20, crop+flip) for one tiny step on mock data."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  c = poison_cifar10.get_config('gaussian,tiny')
+  with tfds.testing.mock_data(num_examples=60):
+    splits = data.load('cifar10')
+  splits['train']['label'][:6] = 8  # make sure the mock data has target points
+  splits['val']['label'][:3] = 8
+  result = attack.pacd(c, splits, str(tmp_path))
+  loaded = data.load_poisons(result.path, train=splits['train'])
+  assert np.abs(loaded['poisons'] - loaded['clean_images']).max() <= 0.03 + 1e-6
