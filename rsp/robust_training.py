@@ -340,5 +340,9 @@ def validate_hparams(name: str, **hparams: Any) -> None:
   for k, v in hparams.items():
     if k in checks:
       ok, accepted = checks[k]
-      if not ok(v):
+      try:
+        valid = bool(ok(v))
+      except TypeError:  # e.g. a string where a number belongs.
+        valid = False
+      if not valid:
         raise ValueError(f'{name}: {k}={v!r} is invalid; accepted: {accepted}.')

@@ -79,6 +79,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.optimizer not in _OPTIMIZERS:
     raise ValueError(f'config.optimizer={config.optimizer!r} is not known; accepted: '
                      f'{", ".join(_OPTIMIZERS)}.')
+  subset = config.get('train_subset', 0)
+  if not isinstance(subset, int) or subset < 0:
+    raise ValueError(f'config.train_subset={subset!r} must be an integer >= 0 '
+                     '(0: the whole training split).')
+  if subset and subset < config.batch_size:
+    raise ValueError(f'config.train_subset={subset} is smaller than config.batch_size='
+                     f'{config.batch_size}: not one batch.')
   n_dev = jax.local_device_count()
   if config.batch_size % n_dev:
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
@@ -106,9 +113,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(key: jax.Array, model, tx: optax.GradientTransformation,
                        image_shape: tuple[int, ...]) -> TrainState:
+  """Step 0: the model's initial variables and the optimiser's initial state."""
   params, model_state = models.split_variables(models.init_model(key, model, image_shape))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state=model_state, opt_state=tx.init(params))
+
+
+def _init_state(key, model, tx, image_shape, sharding=None) -> TrainState:
+  """``create_train_state`` compiled once: op by op, a ResNet's init costs seconds."""
+  return jax.jit(create_train_state, static_argnums=(1, 2, 3), out_shardings=sharding)(
+      key, model, tx, tuple(image_shape))
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
@@ -136,14 +150,15 @@ def smoothadv_epsilon(epoch: int, epsilon: float, warmup_epochs: int) -> float:
 
 def make_train_step(loss_fn: Callable[..., Any], train_apply_fn,
                     tx: optax.GradientTransformation, *, augment: bool = False,
-                    dynamic_hparams: tuple[str, ...] = ()):
+                    dynamic_hparams: tuple[str, ...] = (), donate: bool = False):
   """A jitted ``step(state, batch, key, hparams) -> (state, metrics)``.
 
   ``hparams`` is a dict of traced scalars named in ``dynamic_hparams`` (e.g. SmoothAdv's
-  warm-up epsilon) so that changing them does not recompile.
+  warm-up epsilon) so that changing them does not recompile. With ``donate`` the input
+  state's buffers are reused for the output (the caller must not touch the old state).
   """
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def step(state: TrainState, batch, key, hparams):
     k_aug, k_loss = jax.random.split(key)
     images = batch['image']
@@ -160,11 +175,16 @@ def make_train_step(loss_fn: Callable[..., Any], train_apply_fn,
         objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=_global_norm(grads))
     return state.replace(step=state.step + 1, params=params, model_state=model_state,
                          opt_state=opt_state), metrics
 
   return step
+
+
+def _global_norm(tree) -> jax.Array:
+  tree_norm = getattr(getattr(optax, 'tree', None), 'norm', None)  # optax >= 0.2.4
+  return tree_norm(tree) if tree_norm else optax.global_norm(tree)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -201,6 +221,29 @@ def evaluate(apply_fn, variables, ds: Mapping[str, np.ndarray], *, num_classes: 
           'per_class_accuracy': per_class, 'num_examples': int(len(labels))}
 
 
+_OPTIMIZER_FIELDS = ('optimizer', 'learning_rate', 'momentum', 'weight_decay')
+
+
+def _hashable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return tuple(sorted((k, _hashable(v)) for k, v in x.items()))
+  if isinstance(x, (list, tuple)):
+    return tuple(_hashable(v) for v in x)
+  return x
+
+
+@functools.lru_cache(maxsize=16)
+def _training_functions(model, method: str, hparams: tuple, optimizer: tuple,
+                        augment: bool, dynamic: tuple[str, ...]):
+  """``(tx, step)`` for one training setup, built once per process: training several
+  models alike (victims on clean and poisoned data, a resumed run) compiles once."""
+  tx = make_optimizer(ml_collections.ConfigDict(
+      {k: v for k, v in optimizer if v is not None}))
+  loss_fn = robust_training.get_loss(method, **dict(hparams))
+  return tx, make_train_step(loss_fn, models.make_train_apply_fn(model), tx,
+                             augment=augment, dynamic_hparams=dynamic, donate=True)
+
+
 # ------------------------------------------------------------------------------------
 # The loop.
 
@@ -222,24 +265,40 @@ def _data_sharding():
           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _trim_metrics(path: str, last_step: int) -> None:
-  """Drops metric lines logged after the checkpoint a resumed run restarts from."""
+  """Drops metric lines logged after the checkpoint a resumed run restarts from (and a
+  line cut short by a kill), so that the resumed run logs every step exactly once."""
   if not os.path.exists(path):
     return
+  records = metrics_lib.read_json_lines(path)
+  keep = [r for r in records if r.get('step', 0) <= last_step]
   with open(path) as f:
-    lines = [ln for ln in f if ln.strip()]
-  keep = [ln for ln in lines if json.loads(ln).get('step', 0) <= last_step]
-  if len(keep) != len(lines):
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(keep)
-    os.replace(path + '.tmp', path)
+    unchanged = len(keep) == len(records) and f.read().endswith('\n')
+  if not unchanged or os.path.getsize(path) == 0:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in keep)
+    os.replace(tmp, path)
+
+
+# Config fields a resumed run may change: they do not alter the trained weights.
+_RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'eval_every_epochs',
+                      'eval_batch_size', 'target_class', 'data_dir')
+
+
+def _check_same_run(config: ml_collections.ConfigDict, path: str) -> None:
+  """Raises ValueError if ``path`` records a run with other training settings."""
+  if not os.path.isfile(path):
+    return
+  old = metrics_lib.read_json(path)
+  new = json.loads(json.dumps(config.to_dict(), default=metrics_lib._jsonable))  # pylint: disable=protected-access
+  differ = sorted(k for k in set(old) | set(new)
+                  if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+  if differ:
+    raise ValueError(
+        f'{path} records a run with other settings ({", ".join(differ)}: '
+        f'{[old.get(k) for k in differ]} there, {[new.get(k) for k in differ]} now); '
+        'resuming would mix two runs. Use another workdir.')
 
 
 def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np.ndarray]],
@@ -250,10 +309,16 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
     config: a training config (see ``rsp/configs/train_mnist.py``).
     splits: ``{'train': ds, 'test': ds}`` (``'val'`` unused); the train split may hold
       poisons.
-    workdir: where config, metrics, checkpoints and summary go.
+    workdir: where config, metrics, checkpoints and summary go. If it holds a
+      checkpoint of the same run (same config up to ``num_epochs`` and logging), training
+      resumes from it.
 
   Returns:
     The trained model, its evaluation-mode ``apply_fn`` and the summary.
+
+  Raises:
+    ValueError: a bad config or split, or a workdir holding another run; raised before
+      anything is written.
   """
   validate_config(config)
   info = data_lib.info(config.dataset)
@@ -268,76 +333,79 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
   if n_train < config.batch_size:
     raise ValueError(f'config.batch_size={config.batch_size} exceeds the {n_train} '
                      'training examples.')
+  config_path = os.path.join(workdir, 'config.json')
+  _check_same_run(config, config_path)
   os.makedirs(workdir, exist_ok=True)
-  _write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+  metrics_lib.write_json_atomic(config_path, config.to_dict())
 
   model = models.get_model(config.model, num_classes, **dict(config.get('model_kwargs', {})))
-  tx = make_optimizer(config)
   dynamic = ('epsilon',) if config.method == 'smoothadv' else ()
   static_hparams = {k: v for k, v in dict(config.loss).items() if k not in dynamic}
-  loss_fn = robust_training.get_loss(config.method, **static_hparams)
-  step_fn = make_train_step(loss_fn, models.make_train_apply_fn(model), tx,
-                            augment=bool(config.get('augment', False)),
-                            dynamic_hparams=dynamic)
+  tx, step_fn = _training_functions(
+      model, config.method, _hashable(static_hparams),
+      _hashable({k: config.get(k) for k in _OPTIMIZER_FIELDS}),
+      bool(config.get('augment', False)), dynamic)
 
   root = jax.random.key(config.seed)
   init_key, data_key, noise_key = (jax.random.fold_in(root, i) for i in range(3))
   batch_sharding, replicated = _data_sharding()
-  state = create_train_state(init_key, model, tx, info['shape'])
-  state = jax.device_put(state, replicated)
+  state = _init_state(init_key, model, tx, info['shape'], replicated)
 
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   steps_per_epoch = data_lib.num_batches(n_train, config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
+  eval_every = config.get('eval_every_epochs', 0)
+  log_every = max(1, config.get('log_every_steps', 50))
   with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
     state, meta = ckpt.restore_or_init(state, {'epoch': 0, 'train_seconds': 0.0})
     state = jax.device_put(state, replicated)
     start_epoch = int(meta['epoch'])
     train_seconds = float(meta['train_seconds'])
-    _trim_metrics(metrics_path, int(state.step))
+    step = int(state.step)  # Tracked on the host: reading state.step would sync.
+    _trim_metrics(metrics_path, step)
     if start_epoch:
-      logging.info('Resuming from epoch %d (step %d) in %s.', start_epoch,
-                   int(state.step), workdir)
-    writer = metrics_lib.MetricWriter(metrics_path)
-    eval_every = config.get('eval_every_epochs', 0)
-    log_every = max(1, config.get('log_every_steps', 50))
-    for epoch in range(start_epoch, config.num_epochs):
-      t0 = time.time()
-      hparams = {}
-      if config.method == 'smoothadv':
-        hparams['epsilon'] = jnp.float32(smoothadv_epsilon(
-            epoch, config.loss.epsilon, config.get('smoothadv_warmup_epochs', 0)))
-      batches = data_lib.epoch_batches(jax.random.fold_in(data_key, epoch), train_ds,
-                                       config.batch_size)
-      for batch in batches:
-        step = int(state.step)
-        batch = jax.device_put(batch, batch_sharding)
-        state, m = step_fn(state, batch, jax.random.fold_in(noise_key, step), hparams)
-        if (step + 1) % log_every == 0 or step + 1 == total_steps:
-          m = {k: float(v) for k, v in m.items()}
-          if not np.isfinite(m['loss']):
-            raise FloatingPointError(f'loss is {m["loss"]} at step {step + 1}; '
-                                     'lower config.learning_rate or check the data.')
-          elapsed = train_seconds + time.time() - t0
-          done = step + 1
-          rate = done * config.batch_size / max(elapsed, 1e-9)
-          left = (total_steps - done) * config.batch_size / max(rate, 1e-9)
-          writer.write_scalars(done, dict(m, epoch=epoch, images_per_second=rate))
-          logging.info('step %d/%d epoch %d loss %.4f acc %.3f | %.0f img/s | %.0f s left',
-                       done, total_steps, epoch, m['loss'], m['accuracy'], rate, left)
-      jax.block_until_ready(state)
-      train_seconds += time.time() - t0
-      last = epoch + 1 == config.num_epochs
-      if eval_every and ((epoch + 1) % eval_every == 0) and not last:
-        ev = evaluate(models.make_apply_fn(model),
-                      models.merge_variables(state.params, state.model_state),
-                      splits['test'], num_classes=num_classes,
-                      batch_size=config.eval_batch_size)
-        writer.write_scalars(int(state.step), {'epoch': epoch, 'test_accuracy':
-                                               ev['accuracy']})
-      ckpt.save(int(state.step), state, {'epoch': epoch + 1,
-                                         'train_seconds': train_seconds})
-    writer.close()
+      logging.info('Resuming from epoch %d (step %d) in %s.', start_epoch, step, workdir)
+    if start_epoch > config.num_epochs:
+      logging.warning('%s holds a run of %d epochs; config.num_epochs=%d trains no more.',
+                      workdir, start_epoch, config.num_epochs)
+    with metrics_lib.MetricWriter(metrics_path) as writer:
+      for epoch in range(start_epoch, config.num_epochs):
+        t_epoch = t_log = time.time()
+        step_log = step
+        hparams = {}
+        if config.method == 'smoothadv':
+          hparams['epsilon'] = jnp.float32(smoothadv_epsilon(
+              epoch, config.loss.epsilon, config.get('smoothadv_warmup_epochs', 0)))
+        for batch in data_lib.epoch_batches(jax.random.fold_in(data_key, epoch), train_ds,
+                                            config.batch_size):
+          batch = jax.device_put(batch, batch_sharding)
+          state, m = step_fn(state, batch, jax.random.fold_in(noise_key, step), hparams)
+          step += 1
+          if step % log_every == 0 or step == total_steps:
+            m = {k: float(v) for k, v in m.items()}  # Waits for the step.
+            if not np.isfinite(m['loss']):
+              raise FloatingPointError(f'loss is {m["loss"]} at step {step}; lower '
+                                       'config.learning_rate or check the data.')
+            now = time.time()
+            # The rate of this logging window (the first one includes compiling).
+            rate = (step - step_log) * config.batch_size / max(now - t_log, 1e-9)
+            left = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+            t_log, step_log = now, step
+            writer.write_scalars(step, dict(m, epoch=epoch, images_per_second=rate,
+                                            seconds_left=left))
+            logging.info('step %d/%d epoch %d loss %.4f acc %.3f | %.0f img/s | '
+                         '%.0f s left', step, total_steps, epoch, m['loss'],
+                         m['accuracy'], rate, left)
+        jax.block_until_ready(state)
+        train_seconds += time.time() - t_epoch
+        last = epoch + 1 == config.num_epochs
+        if eval_every and ((epoch + 1) % eval_every == 0) and not last:
+          ev = evaluate(models.make_apply_fn(model),
+                        models.merge_variables(state.params, state.model_state),
+                        splits['test'], num_classes=num_classes,
+                        batch_size=config.eval_batch_size)
+          writer.write_scalars(step, {'epoch': epoch, 'test_accuracy': ev['accuracy']})
+        ckpt.save(step, state, {'epoch': epoch + 1, 'train_seconds': train_seconds})
 
   variables = jax.device_get(models.merge_variables(state.params, state.model_state))
   apply_fn = models.make_apply_fn(model)
@@ -348,15 +416,16 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
       'per_class_test_accuracy': ev['per_class_accuracy'],
       'num_train_examples': n_train,
       'num_params': models.count_params(state.params),
-      'steps': int(state.step),
+      'steps': step,
       'train_seconds': train_seconds,
+      'images_per_second': step * config.batch_size / max(train_seconds, 1e-9),
       'devices': [str(d) for d in jax.devices()],
   }
   target = config.get('target_class', None)
   if target is not None:
     summary['target_class'] = int(target)
     summary['target_test_accuracy'] = ev['per_class_accuracy'][int(target)]
-  _write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
+  metrics_lib.write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
   logging.info('Done: test accuracy %.4f after %.0f s of training.', ev['accuracy'],
                train_seconds)
   return TrainedModel(model=model, variables=variables, apply_fn=apply_fn,
@@ -364,7 +433,8 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
 
 
 def load_splits(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
-  """The config's data set, with ``config.poison_file`` applied to train if set."""
+  """The config's data set, with ``config.poison_file`` applied to train if set, then
+  ``config.train_subset`` training points kept (drawn by ``config.data_seed``) if > 0."""
   kwargs = {}
   if config.get('data_dir'):
     kwargs['data_dir'] = config.data_dir
@@ -373,6 +443,10 @@ def load_splits(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.nda
     poison = data_lib.load_poisons(config.poison_file, train=splits['train'])
     splits['train'] = data_lib.apply_poison(splits['train'], poison['indices'],
                                             poison['poisons'])
+  if config.get('train_subset', 0):  # After poisoning: indices refer to the full split.
+    idx = data_lib.seeded_subset_indices(len(splits['train']['label']),
+                                         config.train_subset, config.get('data_seed', 0))
+    splits['train'] = data_lib.subset(splits['train'], idx)
   return splits
 
 
@@ -393,7 +467,7 @@ def load_trained(workdir: str) -> TrainedModel:
   model = models.get_model(config.model, info['num_classes'],
                            **dict(config.get('model_kwargs', {})))
   tx = make_optimizer(config)
-  like = create_train_state(jax.random.key(0), model, tx, info['shape'])
+  like = _init_state(jax.random.key(0), model, tx, info['shape'])
   with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
     if ckpt.latest_step() is None:
       raise ValueError(f'workdir={workdir!r} holds no checkpoint yet.')

@@ -65,6 +65,7 @@ def get_config(arg: str | None = None):
   elif mode == 'tiny':
     c.num_epochs = 1
     c.batch_size = 4
+    c.train_subset = 8
     c.eval_batch_size = 8
     c.log_every_steps = 1
     if method == 'macer':

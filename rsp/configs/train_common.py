@@ -28,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset = 'mnist_embedded'
   c.data_dir = ''          # TFDS data directory ('' = TFDS default).
-  c.data_seed = 0          # Seeds the train/val split.
+  c.data_seed = 0          # Seeds the train/val split (and the train subset).
+  c.train_subset = 0       # Train on this many training points (0: all of them).
   c.seed = 0               # Seeds initialisation, batch order and noise.
   c.model = 'lenet'
   c.model_kwargs = ml_collections.ConfigDict()

@@ -60,6 +60,7 @@ def get_config(arg: str | None = None):
     c.dataset = 'mnist_embedded'
     c.num_epochs = 2
     c.batch_size = 16
+    c.train_subset = 64
     c.eval_batch_size = 256
     c.log_every_steps = 1
     if method == 'macer':

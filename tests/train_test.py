@@ -1,0 +1,353 @@
+"""Tests of rsp.train: the real loop on the tiny config, exact resumption after a kill,
+data parallelism on 4 fake CPU devices, the paper-scale configs on mock TFDS data, the
+argument checks and experiments/train.py end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from rsp import data
+from rsp import metrics
+from rsp import models
+from rsp import robust_training
+from rsp import train
+from rsp.configs import train_cifar10
+from rsp.configs import train_common
+from rsp.configs import train_mnist
+
+# Compiling dominates these tests; XLA's optimisations buy nothing at these sizes.
+jax.config.update('jax_disable_most_optimizations', True)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(arg='gaussian,tiny', **overrides):
+  """The tiny MNIST config with ``overrides``; dotted names reach nested fields."""
+  config = train_mnist.get_config(arg)
+  for name, value in overrides.items():
+    *path, field = name.split('.')
+    node = config
+    for p in path:
+      node = node[p]
+    node[field] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """The tiny config (LeNet, Gaussian augmentation, 64 embedded digits, 2 epochs of 4
+  steps), trained once without interruption."""
+  workdir = str(tmp_path_factory.mktemp('tiny'))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+def _params(workdir):
+  return train.load_trained(workdir).variables
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------------------------------
+# The loop and its record.
+
+
+def test_tiny_run_writes_its_record(tiny_run):
+  workdir, result = tiny_run
+  config = tiny_config()
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
+                                         'summary.json']
+  assert metrics.read_json(os.path.join(workdir, 'config.json')) == config.to_dict()
+  records = metrics.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in records] == list(range(1, 9))  # log_every_steps = 1
+  for r in records:
+    assert set(r) >= {'loss', 'accuracy', 'grad_norm', 'images_per_second',
+                      'seconds_left', 'epoch'}
+    assert np.isfinite(r['loss']) and r['images_per_second'] > 0
+  assert records[-1]['seconds_left'] == 0
+  summary = metrics.read_json(os.path.join(workdir, 'summary.json'))
+  assert summary == json.loads(json.dumps(result.summary))
+  assert summary['steps'] == 8 and summary['num_train_examples'] == 64
+  assert summary['num_params'] == 431_080
+  assert len(summary['per_class_test_accuracy']) == 10
+  assert 0 <= summary['test_accuracy'] <= 1 and summary['target_class'] == 8
+  assert summary['target_test_accuracy'] == summary['per_class_test_accuracy'][8]
+  # Training did something: better than chance after 8 steps of batch 16.
+  assert summary['test_accuracy'] > 0.15
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+
+
+def test_load_trained_roundtrip(tiny_run, tmp_path):
+  workdir, result = tiny_run
+  loaded = train.load_trained(workdir)
+  _assert_trees_equal(loaded.variables, result.variables)
+  assert loaded.num_classes == 10 and loaded.summary == result.summary
+  assert loaded.config.to_dict() == tiny_config().to_dict()
+  images = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+  np.testing.assert_array_equal(
+      train.predict_labels(loaded.apply_fn, loaded.variables, images),
+      train.predict_labels(result.apply_fn, result.variables, images))
+  with pytest.raises(ValueError, match='no config.json'):
+    train.load_trained(str(tmp_path))
+
+
+def test_evaluate_counts_per_class():
+  # A "model" that predicts the brightest pixel's column modulo 3.
+  apply_fn = models.make_apply_fn(models.get_model('mlp', 3, hidden=()))
+  variables = {'params': {'Dense_0': {
+      'kernel': np.eye(784, 3, dtype=np.float32), 'bias': np.zeros(3, np.float32)}}}
+  images = np.zeros((5, 28, 28, 1), np.float32)
+  for i, c in enumerate([0, 1, 2, 0, 1]):
+    images[i, 0, c] = 1.0
+  ds = {'image': images, 'label': np.array([0, 1, 1, 0, 2], np.int32)}
+  ev = train.evaluate(apply_fn, variables, ds, num_classes=4, batch_size=2)
+  assert ev['accuracy'] == pytest.approx(3 / 5)
+  assert ev['per_class_accuracy'] == [1.0, 0.5, 0.0, None]
+  assert ev['num_examples'] == 5
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_killed_run_resumes_exactly(tiny_run, tmp_path, monkeypatch):
+  """A run killed mid-epoch and restarted with the same workdir ends with exactly the
+  weights of the uninterrupted run, and logs every step once."""
+  reference_dir, _ = tiny_run
+  workdir = str(tmp_path / 'run')
+  epoch_batches = data.epoch_batches
+
+  def killed_after_six_steps(*args, **kwargs):
+    for batch in epoch_batches(*args, **kwargs):
+      if len(served) == 6:  # Mid second epoch; the last checkpoint is at step 4.
+        raise _Killed()
+      served.append(1)
+      yield batch
+
+  served = []
+  monkeypatch.setattr(data, 'epoch_batches', killed_after_six_steps)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(tiny_config(), workdir)
+  monkeypatch.setattr(data, 'epoch_batches', epoch_batches)
+  assert not os.path.exists(os.path.join(workdir, 'summary.json'))
+  steps = [r['step'] for r in metrics.read_json_lines(os.path.join(workdir,
+                                                                   'metrics.jsonl'))]
+  assert steps == list(range(1, 7))
+  # A line cut short by the kill is dropped too.
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 7, "lo')
+  result = train.train_and_evaluate(tiny_config(), workdir)
+  _assert_trees_equal(_params(workdir), _params(reference_dir))
+  records = metrics.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in records] == list(range(1, 9))
+  reference = metrics.read_json_lines(os.path.join(reference_dir, 'metrics.jsonl'))
+  for r, ref in zip(records, reference):
+    assert r['loss'] == ref['loss']
+  assert result.summary['steps'] == 8
+  # Restarting a finished run trains no more and gives the same model.
+  again = train.train_and_evaluate(tiny_config(), workdir)
+  _assert_trees_equal(again.variables, result.variables)
+  assert again.summary['test_accuracy'] == result.summary['test_accuracy']
+  # Another run in the same workdir is refused before it writes anything.
+  with pytest.raises(ValueError, match=r'other settings \(loss'):
+    train.train_and_evaluate(tiny_config(**{'loss.sigma': 0.25}), workdir)
+  with pytest.raises(ValueError, match='learning_rate, loss, method'):
+    train.train_and_evaluate(tiny_config('macer,tiny', learning_rate=0.01), workdir)
+
+
+# ------------------------------------------------------------------------------------
+# Argument checks.
+
+
+def _bad_configs():
+  yield 'dataset', tiny_config(dataset='imagenet'), "config.dataset='imagenet' is not known"
+  yield 'model', tiny_config(model='vgg'), "config.model='vgg' is not known"
+  yield 'method', tiny_config(method='trades'), "config.method='trades' is not known"
+  c = tiny_config()
+  c.loss.sigma = -0.5
+  yield 'sigma', c, r'sigma=-0.5 is invalid; accepted: sigma >= 0'
+  yield 'shape', tiny_config(model='resnet20'), r'takes images of shape \(32, 32, 3\)'
+  c = train_cifar10.get_config('gaussian,tiny')
+  c.model = 'lenet'
+  yield 'shape_cifar', c, r'config.dataset=\'cifar10\' has images of shape \(32, 32, 3\)'
+  yield 'hparam', tiny_config(**{'loss.lbd': 1.0}), 'takes no hyperparameter'
+  yield 'batch', tiny_config(batch_size=0), 'config.batch_size=0'
+  yield 'epochs', tiny_config(num_epochs=-1), 'config.num_epochs=-1'
+  yield 'lr', tiny_config(learning_rate=0.0), 'config.learning_rate'
+  yield 'optimizer', tiny_config(optimizer='lbfgs'), "config.optimizer='lbfgs'"
+  yield 'subset', tiny_config(train_subset=8), 'config.train_subset=8 is smaller'
+  yield 'subset_neg', tiny_config(train_subset=-1), 'config.train_subset=-1'
+  yield 'too_big_batch', tiny_config(train_subset=0, batch_size=4000), 'exceeds the 3500'
+
+
+_BAD = list(_bad_configs())
+
+
+@pytest.mark.parametrize('name,config,match', _BAD, ids=[b[0] for b in _BAD])
+def test_bad_configs_raise_before_any_work(name, config, match, tmp_path):
+  del name
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_bad_splits_raise(tmp_path):
+  config = tiny_config()
+  images = np.zeros((32, 32, 32, 3), np.float32)
+  splits = {'train': {'image': images, 'label': np.zeros(32, np.int32)},
+            'test': {'image': images, 'label': np.zeros(32, np.int32)}}
+  with pytest.raises(ValueError, match=r'image shape \(32, 32, 3\); expected \(28, 28, 1\)'):
+    train.train(config, splits, str(tmp_path / 'run'))
+  good = {'image': np.zeros((32, 28, 28, 1), np.float32), 'label': np.zeros(32, np.int32)}
+  with pytest.raises(ValueError, match="no 'test' split"):
+    train.train(config, {'train': good}, str(tmp_path / 'run'))
+  with pytest.raises(ValueError, match=r'must be in \[0, 10\)'):
+    train.train(config, {'train': good, 'test': dict(good, label=good['label'] + 10)},
+                str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_config_arguments():
+  assert train_common.parse_arg('macer,small') == ('macer', 'small')
+  assert train_common.parse_arg('tiny') == ('gaussian', 'tiny')
+  assert train_common.parse_arg(None) == ('gaussian', 'paper')
+  with pytest.raises(ValueError, match="'fast' is neither a method"):
+    train_common.parse_arg('macer,fast')
+  assert train_common.METHODS == robust_training.METHODS
+
+
+def test_smoothadv_warmup_and_augmentation():
+  assert [train.smoothadv_epsilon(e, 1.0, 10) for e in (0, 1, 5, 10, 50)] == \
+      [0.0, 0.1, 0.5, 1.0, 1.0]
+  assert train.smoothadv_epsilon(0, 0.5, 0) == 0.5
+  images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
+  out = train.random_crop_flip(jax.random.key(1), images, pad=2)
+  assert out.shape == images.shape
+  # Each output is a shifted (zero-padded), possibly mirrored copy of its input.
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(6):
+    crops = [padded[i, a:a + 8, b:b + 8] for a in range(5) for b in range(5)]
+    assert any(np.array_equal(out[i], c) or np.array_equal(out[i], c[:, ::-1])
+               for c in crops)
+
+
+# ------------------------------------------------------------------------------------
+# The paper-scale configs, on tiny mock data.
+
+# Paper configs with only the amount of work shrunk: one epoch of two small batches.
+_PAPER = [(module, method) for module in (train_mnist, train_cifar10)
+          for method in robust_training.METHODS]
+
+
+@pytest.mark.parametrize('module,method', _PAPER,
+                         ids=[f'{m.__name__.split(".")[-1]}-{x}' for m, x in _PAPER])
+def test_paper_configs_run_on_mock_data(module, method, tmp_path):
+  config = module.get_config(method)
+  paper = module.get_config(method)
+  assert config.dataset in ('mnist', 'cifar10') and config.train_subset == 0
+  assert config.num_epochs >= 101
+  config.num_epochs = 1
+  config.batch_size = 4
+  config.eval_batch_size = 8
+  with tfds.testing.mock_data(num_examples=10):
+    result = train.train_and_evaluate(config, str(tmp_path))
+  assert result.summary['steps'] == 2  # 9 mock training points (1 held out), batch 4.
+  assert result.summary['num_params'] == {'mnist': 431_080, 'cifar10': 273_066}[
+      config.dataset]
+  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(result.variables))
+  last = metrics.read_json_lines(os.path.join(tmp_path, 'metrics.jsonl'))[-1]
+  assert last['step'] == 2 and np.isfinite(last['loss']) and last['grad_norm'] > 0
+  assert np.isfinite(last['grad_norm'])
+  saved = metrics.read_json(os.path.join(tmp_path, 'config.json'))
+  assert saved['loss'] == paper.loss.to_dict() and saved['model'] == paper.model
+
+
+def test_paper_constants():
+  """SPEC.md D: the victims' hyperparameters."""
+  m = {x: train_mnist.get_config(x) for x in robust_training.METHODS}
+  c = {x: train_cifar10.get_config(x) for x in robust_training.METHODS}
+  for config in list(m.values()) + list(c.values()):
+    assert config.optimizer == 'adam' and config.learning_rate == 1e-3
+    assert config.weight_decay == 0.0
+  assert (m['gaussian'].num_epochs, m['gaussian'].batch_size, m['gaussian'].loss.sigma) == \
+      (101, 200, 0.5)
+  assert dict(m['macer'].loss) == dict(sigma=0.5, num_noise=16, lbd=16.0, beta=16.0,
+                                       gamma=8.0, alpha=1e-3)
+  assert m['smoothadv'].batch_size == 100 and m['smoothadv'].loss.sigma == 0.75
+  assert m['smoothadv'].loss.epsilon == 1.0 and m['smoothadv'].smoothadv_warmup_epochs == 10
+  assert (c['gaussian'].num_epochs, c['gaussian'].batch_size, c['gaussian'].augment) == \
+      (201, 200, True)
+  assert dict(c['macer'].loss) == dict(sigma=0.25, num_noise=16, lbd=12.0, beta=16.0,
+                                       gamma=8.0, alpha=1e-3)
+  assert (c['macer'].num_epochs, c['macer'].batch_size) == (101, 100)
+  assert c['smoothadv'].augment is False and c['smoothadv'].loss.sigma == 0.25
+  assert c['smoothadv'].loss.num_steps == 2 and c['smoothadv'].loss.pgd == 'adam'
+
+
+# ------------------------------------------------------------------------------------
+# Data parallelism and the script, in a subprocess with 4 fake CPU devices.
+
+_FOUR_DEVICES = textwrap.dedent('''
+    import json, runpy, sys
+    import jax
+    import numpy as np
+    from rsp import train
+    from rsp.configs import train_mnist
+
+    assert jax.local_device_count() == 4, jax.devices()
+    batch_sharding, replicated = train._data_sharding()
+    batch = {'image': np.zeros((16, 28, 28, 1), np.float32),
+             'label': np.zeros(16, np.int32)}
+    on_devices = jax.device_put(batch, batch_sharding)
+    shards = on_devices['image'].addressable_shards
+    out = {'image_sharding_devices': len(on_devices['image'].sharding.device_set),
+           'shard_shapes': sorted({tuple(s.data.shape) for s in shards}),
+           'shard_devices': len({s.device for s in shards}),
+           'fully_replicated': replicated.is_fully_replicated}
+    config = train_mnist.get_config('gaussian,tiny')
+    config.batch_size = 6
+    try:
+      train.validate_config(config)
+    except ValueError as e:
+      out['indivisible'] = str(e)
+    print('CHECKS ' + json.dumps(out), flush=True)
+    sys.argv = ['train.py', '--config=rsp/configs/train_mnist.py:gaussian,tiny',
+                '--workdir=' + sys.argv[1]]
+    runpy.run_path('experiments/train.py', run_name='__main__')
+''')
+
+
+def test_four_devices_and_the_script(tiny_run, tmp_path):
+  """experiments/train.py on the tiny config, data parallel over 4 fake CPU devices,
+  gives the weights of the 1-device run; the batch is split 4 ways."""
+  reference_dir, reference = tiny_run
+  workdir = str(tmp_path / 'run')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  proc = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, workdir], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  checks = json.loads(proc.stdout.split('CHECKS ')[1].splitlines()[0])
+  assert checks['image_sharding_devices'] == 4 and checks['shard_devices'] == 4
+  assert checks['shard_shapes'] == [[4, 28, 28, 1]]
+  assert checks['fully_replicated']
+  assert 'divisible by the number of local devices (4)' in checks['indivisible']
+  assert 'test accuracy' in proc.stdout and workdir in proc.stdout
+  summary = metrics.read_json(os.path.join(workdir, 'summary.json'))
+  assert len(summary['devices']) == 4 and summary['steps'] == 8
+  ours, theirs = _params(workdir), _params(reference_dir)
+  for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  assert summary['test_accuracy'] == pytest.approx(reference.summary['test_accuracy'],
+                                                   abs=0.002)
