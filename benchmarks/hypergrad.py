@@ -11,7 +11,8 @@ It then times one jitted hypergradient d outer / d u for
   count in ``--iterations``, the solver loop unrolled (``unroll=True``) and/or rolled
   (``--solver_loops``), and 'identity' (no solve);
 * ``unrolled_hypergrad`` with the inner Adam (lr 1e-3, eps_root 1e-8) at each step count in
-  ``--steps``, as a rolled ``lax.scan``, with ``remat=True``, and fully unrolled;
+  ``--steps``, as a rolled ``lax.scan`` or fully unrolled (``unroll=True``), each with and
+  without ``remat=True``;
 
 and a plain inner gradient as the unit ("x grad" = time / time of one inner gradient).
 Time is the best of ``--repeats`` calls after compilation. Memory is XLA's own account of
@@ -19,8 +20,14 @@ the compiled program (``compiled.memory_analysis().temp_size_in_bytes``: the scr
 program needs beyond its arguments and outputs); on GPU the process's
 ``peak_bytes_in_use`` (monotone over the run) is printed too.
 
-    python benchmarks/hypergrad.py            # full grid (tens of minutes on 2 CPU cores)
-    python benchmarks/hypergrad.py --quick    # iterations 1,5; steps 1,5 (minutes)
+    python benchmarks/hypergrad.py            # full grid (an hour or more on 2 CPU cores)
+    python benchmarks/hypergrad.py --quick    # iterations 1,5; steps 1,5; unrolled loops
+                                              # only (about 15 min on 2 CPU cores)
+    python benchmarks/hypergrad.py --models=lenet --solver_loops=loop \
+        --unrolled_variants=scan,remat --iterations=1,5 --steps=1,5   # rolled loops
+
+On XLA CPU, rolled loops (``fori_loop``/``lax.scan``) of convolutional second-order work
+ran 5-8x slower than the same work unrolled; on GPU compare both.
 
 ResNet-20 threads its BatchNorm statistics through the inner steps (``has_aux=True``);
 the implicit hypergradient holds them fixed. Run it on an otherwise idle machine; the
@@ -41,16 +48,18 @@ from rsp import bilevel
 from rsp import models
 
 _MODELS = flags.DEFINE_list('models', ['lenet', 'resnet20'], 'Models to time.')
-_QUICK = flags.DEFINE_bool('quick', False, 'Short run: iterations 1,5 and steps 1,5.')
+_QUICK = flags.DEFINE_bool('quick', False,
+                           'Short run: iterations 1,5 and steps 1,5, static loops only.')
 _ITERATIONS = flags.DEFINE_list('iterations', ['1', '5', '10', '20'],
                                 'Solver iterations for the implicit methods.')
 _STEPS = flags.DEFINE_list('steps', ['1', '5', '10'], 'Inner steps for the unrolled method.')
 _SOLVER_LOOPS = flags.DEFINE_list(
-    'solver_loops', ['static'],
+    'solver_loops', ['static', 'loop'],
     'Implicit solver loops: loop (rolled fori_loop), static (unroll=True).')
-_VARIANTS = flags.DEFINE_list('unrolled_variants', ['scan', 'remat', 'static'],
-                              'Unrolled variants: scan, remat (scan + checkpoint), static '
-                              '(fully unrolled).')
+_VARIANTS = flags.DEFINE_list(
+    'unrolled_variants', ['scan', 'remat', 'static', 'static+remat'],
+    'Unrolled variants: scan (rolled lax.scan), remat (scan + checkpoint), static '
+    '(unroll=True), static+remat.')
 _BATCH = flags.DEFINE_string(
     'batch', 'lenet=100,20,100;resnet20=32,8,20',
     'Per model "name=clean,poison,val" batch sizes.')
@@ -137,6 +146,8 @@ def main(argv):
   del argv
   iterations = [1, 5] if _QUICK.value else [int(i) for i in _ITERATIONS.value]
   steps = [1, 5] if _QUICK.value else [int(s) for s in _STEPS.value]
+  solver_loops = ['static'] if _QUICK.value else _SOLVER_LOOPS.value
+  variants = ['static', 'static+remat'] if _QUICK.value else _VARIANTS.value
   batches = parse_batch(_BATCH.value)
   on_gpu = jax.devices()[0].platform == 'gpu'
   load_before = os.getloadavg()[0]
@@ -180,15 +191,16 @@ def main(argv):
 
     row('implicit identity', '-', implicit('identity', 1), params, u, *state_args,
         unit=unit)
-    for loop in _SOLVER_LOOPS.value:
+    for loop in solver_loops:
       for method in ('cg', 'approxgrad', 'neumann'):
         for maxiter in iterations:
           row(f'implicit {method} ({loop})', maxiter, implicit(method, maxiter, loop),
               params, u, *state_args, unit=unit)
 
     optimizer = optax.adam(1e-3, eps_root=1e-8)
-    for variant in _VARIANTS.value:
-      options = {'scan': dict(), 'remat': dict(remat=True), 'static': dict(unroll=True)}
+    options = {'scan': dict(), 'remat': dict(remat=True), 'static': dict(unroll=True),
+               'static+remat': dict(unroll=True, remat=True)}
+    for variant in variants:
       for num_steps in steps:
         fn = functools.partial(bilevel.unrolled_hypergrad, outer, inner,
                                num_steps=num_steps, optimizer=optimizer, pass_step=True,

@@ -12,6 +12,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from rsp import checkpointing
 from rsp import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
@@ -22,11 +23,15 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  checkpointing.quiet_orbax_logging()
   logging.info('JAX devices: %s', jax.devices())
   result = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  print(f'test accuracy {result.summary["test_accuracy"]:.4f} '
-        f'(target class {result.summary.get("target_test_accuracy")}) after '
-        f'{result.summary["train_seconds"]:.0f} s; wrote {_WORKDIR.value}')
+  s = result.summary
+  target = s.get('target_test_accuracy')
+  target = '' if target is None else f' (class {s["target_class"]}: {target:.4f})'
+  print(f'clean test accuracy {s["test_accuracy"]:.4f}{target} after '
+        f'{s["train_seconds"]:.0f} s of training ({s["steps"]} steps); wrote '
+        f'{_WORKDIR.value}')
 
 
 if __name__ == '__main__':

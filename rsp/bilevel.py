@@ -42,6 +42,10 @@ Calling conventions (shared by both functions):
 Every function is pure and jittable; the solver choice, iteration counts and the flags are
 Python values (static), so close over them when jitting, e.g.
 ``jax.jit(functools.partial(implicit_hypergrad, outer_fn, inner_fn, method='cg'))``.
+Both functions take ``unroll``: on XLA CPU, rolled loops (``fori_loop``/``lax.scan``) of
+convolutional second-order work ran 5-8x slower than the same work unrolled
+(``benchmarks/hypergrad.py``), so pass ``unroll=True`` there for the few (<= 20) solver
+iterations or inner steps an attack uses; compile time then grows with the count.
 Hypergradients are returned as computed: a NaN (e.g. from an ill-posed solve) is not
 sanitised here; check ``jnp.isfinite`` before using them to update poisons.
 
@@ -184,6 +188,31 @@ def _tree_sub(x: PyTree, y: PyTree) -> PyTree:
   return jax.tree.map(lambda xi, yi: xi - yi, x, y)
 
 
+def _fori_loop(num: int, body: Callable[[Any, Any], Any], init: Any,
+               unroll: int | bool) -> Any:
+  """``lax.fori_loop(0, num, body, init, unroll=unroll)``; ``unroll=True`` traces a Python
+  loop instead. XLA CPU ran a fully unrolled one-iteration ``fori_loop`` of a LeNet
+  Hessian-vector product 10x slower than the same product traced without a loop."""
+  if unroll is True:
+    carry = init
+    for i in range(num):
+      carry = body(i, carry)
+    return carry
+  return jax.lax.fori_loop(0, num, body, init, unroll=unroll)
+
+
+def _scan(step_fn, init, xs, unroll: int | bool):
+  """``lax.scan(step_fn, init, xs, unroll=unroll)``; ``unroll=True`` traces a Python loop
+  (same reason as :func:`_fori_loop`)."""
+  if unroll is True:
+    carry, ys = init, []
+    for i in range(xs.shape[0]):
+      carry, y = step_fn(carry, xs[i])
+      ys.append(y)
+    return carry, jax.tree.map(lambda *leaves: jnp.stack(leaves), *ys)
+  return jax.lax.scan(step_fn, init, xs, unroll=unroll)
+
+
 # ----------------------------------------------------------------------------------------
 # Linear solvers for A p = b with A = g_ww + damping I symmetric (positive definite near a
 # strict local minimum of the inner loss). Each takes the matvec, b, an initial guess and
@@ -195,7 +224,7 @@ def _solve_cg(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, unrol
 
   A fixed number of iterations in ``fori_loop`` (rather than ``jax.scipy.sparse.linalg.cg``,
   a ``while_loop``) so that the loop can be unrolled: convolutional Hessian-vector products
-  inside an XLA CPU loop ran about 13x slower than unrolled (benchmarks/hypergrad.py). Once
+  inside an XLA CPU loop ran 5-8x slower than unrolled (benchmarks/hypergrad.py). Once
   ||r|| <= tol ||b|| the iterate is frozen (the remaining iterations still cost a product).
   """
   del learning_rate, solver_state  # unused by CG
@@ -218,7 +247,7 @@ def _solve_cg(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, unrol
     d = _tree_axpy(beta, d, r)
     return x, r, d, jnp.where(active, rs_new, rs)
 
-  x, _, _, _ = jax.lax.fori_loop(0, maxiter, body, (x, r, r, rs), unroll=unroll)
+  x, _, _, _ = _fori_loop(maxiter, body, (x, r, r, rs), unroll)
   return x, None
 
 
@@ -241,7 +270,7 @@ def _solve_approxgrad(matvec, b, x0, *, maxiter, tol, learning_rate, solver_stat
     updates, s = optimizer.update(grad, s, p)
     return optax.apply_updates(p, updates), s
 
-  return jax.lax.fori_loop(0, maxiter, body, (p0, s0), unroll=unroll)
+  return _fori_loop(maxiter, body, (p0, s0), unroll)
 
 
 def _solve_neumann(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, unroll):
@@ -258,7 +287,7 @@ def _solve_neumann(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, 
   def body(_, p):
     return _tree_axpy(learning_rate, _tree_sub(b, matvec(p)), p)
 
-  return jax.lax.fori_loop(0, maxiter, body, p0, unroll=unroll), None
+  return _fori_loop(maxiter, body, p0, unroll), None
 
 
 def _solve_identity(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, unroll):
@@ -340,10 +369,11 @@ def implicit_hypergrad(
     has_aux: whether both functions take and inner_fn returns a model state (above).
     state: the model state (e.g. ``{'batch_stats': ...}``), held fixed. Only with
       ``has_aux=True``.
-    unroll: unroll factor of the solver's ``fori_loop``; ``True`` unrolls it fully. On XLA
-      CPU a convolutional Hessian-vector product inside a rolled loop ran about 13x slower
-      than unrolled (LeNet, benchmarks/hypergrad.py), so pass ``unroll=True`` there (compile
-      time then grows with ``maxiter``); on GPU the rolled loop is fine.
+    unroll: unroll factor of the solver's ``fori_loop``; ``True`` traces the iterations
+      without a loop. On XLA CPU convolutional Hessian-vector products inside a rolled
+      loop ran about 7x slower (LeNet, 5 CG iterations: 8.0 s against 1.1 s;
+      benchmarks/hypergrad.py), so pass ``unroll=True`` there (compile time then grows
+      with ``maxiter``); on GPU the rolled loop should be fine (not measured).
     return_aux: also return an :class:`ImplicitAux` (solution, relative residual, outer
       value, solver state). Computing the residual costs one more product.
 
@@ -463,9 +493,9 @@ def unrolled_hypergrad(
     first_step: offset of the step index (e.g. the global inner step count, so that a
       warm-started attack keeps drawing fresh ``fold_in`` noise).
     remat: rematerialise each step in the backward pass (``jax.checkpoint``).
-    unroll: ``lax.scan``'s unroll factor; ``True`` unrolls fully, which on XLA CPU is much
-      faster than a rolled scan for convolutional steps (LeNet, 5 Adam steps: 6.6x,
-      benchmarks/hypergrad.py); compile time then grows with ``num_steps``.
+    unroll: ``lax.scan``'s unroll factor; ``True`` traces the steps without a loop, which
+      on XLA CPU was 5x faster than a rolled scan for convolutional steps (LeNet, 5 Adam
+      steps; benchmarks/hypergrad.py); compile time then grows with ``num_steps``.
     return_aux: also return an :class:`UnrolledAux` (final params, optimiser state, model
       state, outer value, inner losses) for warm starts and logging.
 
@@ -507,8 +537,8 @@ def unrolled_hypergrad(
 
     if remat:
       step_fn = jax.checkpoint(step_fn)
-    (params, opt_st, model_state), losses = jax.lax.scan(
-        step_fn, (params0, opt_state, state), steps, unroll=unroll)
+    (params, opt_st, model_state), losses = _scan(
+        step_fn, (params0, opt_state, state), steps, unroll)
     value = outer_fn(params, v, model_state) if has_aux else outer_fn(params, v)
     return value, UnrolledAux(params=params, opt_state=opt_st, state=model_state,
                               value=value, inner_losses=losses)

@@ -8,11 +8,27 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from absl import logging as absl_logging
 import jax
 import orbax.checkpoint as ocp
+
+
+def _not_orbax_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or \
+      f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def quiet_orbax_logging() -> None:
+  """Hides orbax's INFO lines (about 15 per checkpoint) from absl's log handler, so that
+  a script's own progress lines stay readable; orbax's warnings and errors still show.
+  For scripts (``app.run``); idempotent."""
+  handler = absl_logging.get_absl_handler()
+  if _not_orbax_info not in handler.filters:
+    handler.addFilter(_not_orbax_info)
 
 
 class Checkpointer:

@@ -10,7 +10,12 @@ poison file applied), trains with the config's method and writes everything to
 * ``checkpoints/``: orbax checkpoints at epoch ends; a run restarted with the same
   workdir resumes from the last one and ends with exactly the weights of an
   uninterrupted run (batches and noise come from ``fold_in(key, epoch | step)``);
-* ``summary.json``: final clean accuracies, time, number of parameters.
+* ``summary.json``: final clean test accuracy overall, per class and on
+  ``config.target_class``; training time and images/s; number of parameters.
+
+A workdir holds one run: restarting with a config that differs in anything but
+``num_epochs`` and the logging/evaluation fields raises ``ValueError``. Runs alike in one
+process (victims on clean and poisoned data) share one compiled step.
 
 The step is data parallel over all local devices: the batch is sharded along a
 ``'data'`` mesh axis and the state replicated (``jax.sharding``); XLA inserts the
@@ -119,10 +124,13 @@ def create_train_state(key: jax.Array, model, tx: optax.GradientTransformation,
                     model_state=model_state, opt_state=tx.init(params))
 
 
+# Compiled (op by op, a ResNet's init costs seconds) once per model, optimiser and shape.
+_create_train_state_jit = jax.jit(create_train_state, static_argnums=(1, 2, 3))
+
+
 def _init_state(key, model, tx, image_shape, sharding=None) -> TrainState:
-  """``create_train_state`` compiled once: op by op, a ResNet's init costs seconds."""
-  return jax.jit(create_train_state, static_argnums=(1, 2, 3), out_shardings=sharding)(
-      key, model, tx, tuple(image_shape))
+  state = _create_train_state_jit(key, model, tx, tuple(image_shape))
+  return state if sharding is None else jax.device_put(state, sharding)
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
@@ -232,16 +240,25 @@ def _hashable(x: Any) -> Any:
   return x
 
 
+def _optimizer_spec(config: ml_collections.ConfigDict) -> tuple:
+  return _hashable({k: config.get(k) for k in _OPTIMIZER_FIELDS})
+
+
 @functools.lru_cache(maxsize=16)
-def _training_functions(model, method: str, hparams: tuple, optimizer: tuple,
-                        augment: bool, dynamic: tuple[str, ...]):
-  """``(tx, step)`` for one training setup, built once per process: training several
+def _optimizer(spec: tuple) -> optax.GradientTransformation:
+  """One optimiser object per setting, so that jitted functions taking it as a static
+  argument (the state's initialisation) compile once."""
+  return make_optimizer(ml_collections.ConfigDict({k: v for k, v in spec if v is not None}))
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step(model, method: str, hparams: tuple, tx: optax.GradientTransformation,
+                augment: bool, dynamic: tuple[str, ...]):
+  """The jitted step of one training setup, built once per process: training several
   models alike (victims on clean and poisoned data, a resumed run) compiles once."""
-  tx = make_optimizer(ml_collections.ConfigDict(
-      {k: v for k, v in optimizer if v is not None}))
   loss_fn = robust_training.get_loss(method, **dict(hparams))
-  return tx, make_train_step(loss_fn, models.make_train_apply_fn(model), tx,
-                             augment=augment, dynamic_hparams=dynamic, donate=True)
+  return make_train_step(loss_fn, models.make_train_apply_fn(model), tx, augment=augment,
+                         dynamic_hparams=dynamic, donate=True)
 
 
 # ------------------------------------------------------------------------------------
@@ -341,10 +358,9 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
   model = models.get_model(config.model, num_classes, **dict(config.get('model_kwargs', {})))
   dynamic = ('epsilon',) if config.method == 'smoothadv' else ()
   static_hparams = {k: v for k, v in dict(config.loss).items() if k not in dynamic}
-  tx, step_fn = _training_functions(
-      model, config.method, _hashable(static_hparams),
-      _hashable({k: config.get(k) for k in _OPTIMIZER_FIELDS}),
-      bool(config.get('augment', False)), dynamic)
+  tx = _optimizer(_optimizer_spec(config))
+  step_fn = _train_step(model, config.method, _hashable(static_hparams), tx,
+                        bool(config.get('augment', False)), dynamic)
 
   root = jax.random.key(config.seed)
   init_key, data_key, noise_key = (jax.random.fold_in(root, i) for i in range(3))
@@ -466,8 +482,8 @@ def load_trained(workdir: str) -> TrainedModel:
   info = data_lib.info(config.dataset)
   model = models.get_model(config.model, info['num_classes'],
                            **dict(config.get('model_kwargs', {})))
-  tx = make_optimizer(config)
-  like = _init_state(jax.random.key(0), model, tx, info['shape'])
+  like = _init_state(jax.random.key(0), model, _optimizer(_optimizer_spec(config)),
+                     info['shape'])
   with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
     if ckpt.latest_step() is None:
       raise ValueError(f'workdir={workdir!r} holds no checkpoint yet.')

@@ -4,9 +4,9 @@ Every test is deterministic (fixed data, no sampling that could fail by chance):
 means a bug or a numerical regression, never bad luck. The reference numbers are
   * ridge regression, where w*(u) has a closed form and its gradient is exact;
   * central finite differences in float64 (``jax.enable_x64``) of the true bilevel map
-    u -> outer(w*(u)) for a small tanh MLP, w* found by Newton's method;
+    u -> outer(w*(u)) for a small tanh MLP, w* found by damped Newton steps;
   * central finite differences and an explicit Python loop for the unrolled map.
-The problems are tiny so the file runs in a few seconds.
+The problems are tiny; compiling dominates (about 45 s of CPU time in all).
 """
 
 import functools

@@ -343,7 +343,9 @@ def test_four_devices_and_the_script(tiny_run, tmp_path):
   assert checks['shard_shapes'] == [[4, 28, 28, 1]]
   assert checks['fully_replicated']
   assert 'divisible by the number of local devices (4)' in checks['indivisible']
-  assert 'test accuracy' in proc.stdout and workdir in proc.stdout
+  assert 'clean test accuracy' in proc.stdout and workdir in proc.stdout
+  assert 'step 8/8' in proc.stderr  # Progress lines, not drowned by orbax's INFO lines.
+  assert 'checkpoint_manager.py' not in proc.stderr
   summary = metrics.read_json(os.path.join(workdir, 'summary.json'))
   assert len(summary['devices']) == 4 and summary['steps'] == 8
   ours, theirs = _params(workdir), _params(reference_dir)

@@ -1,0 +1,138 @@
+r"""The evaluation protocol on the embedded MNIST data: poison, retrain, certify, report.
+
+Argument: MODE in small (default) | tiny.
+
+What it runs (``rsp.protocol.run_protocol``): PACD poisons against a LeNet trained with
+Gaussian augmentation (sigma 0.5, eps 0.1, all 350 class-8 training images of the
+embedded MNIST set poisoned), then LeNet victims trained from scratch with Gaussian
+augmentation on
+
+* ``none``: the clean training set;
+* ``pacd``: the PACD-poisoned set;
+* ``random``: the same points with uniformly random +-eps sign noise (clipped to [0, 1]:
+  on MNIST's black background a one-sided brightening, FINDINGS.md);
+* ``no_target``: the clean set with the target class left out (how far deleting the
+  class would go; a clean-label attacker cannot do this),
+
+each certified with Cohen's CERTIFY on the same 100 class-8 test points (seeded), N0 =
+100, N = 10,000, alpha = 0.001, sigma = 0.5. The attack and victim budgets come from
+``poison_mnist.get_config('gaussian,small')`` and ``train_mnist.get_config('gaussian,
+small')``: tune them there (or override ``--config.attacks.gaussian.attack.num_epochs``,
+``--config.victims.gaussian.num_epochs``).
+
+* small: at most about 15 minutes on a 2-core CPU (measured: see README).
+  Expected result: see README (the target-class ACR of the PACD victim falls by about
+  30% against the clean one; FINDINGS.md measured 29-35% with an 8-minute attack).
+* tiny: seconds of work per stage, for tests and the notebook's test.
+
+Command::
+
+    python experiments/run.py --config=rsp/configs/protocol.py \
+        --workdir=/tmp/rsp/protocol
+
+writes ``WORKDIR/results.json``, ``WORKDIR/results.md`` and ``WORKDIR/figures/``;
+restarting with the same workdir resumes and redoes nothing that is done.
+
+Other protocol configs build on ``build_config`` below: ``protocol_transfer.py`` (3x3
+attack-method x training-method matrix, other architectures), ``protocol_mnist_paper.py``
+and ``protocol_cifar10_paper.py`` (paper scale, GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import ml_collections
+
+from rsp.configs import certify as certify_config
+from rsp.configs import poison_mnist
+from rsp.configs import train_mnist
+
+MODES = ('small', 'tiny')
+
+
+def parse_mode(arg: str | None, modes: tuple[str, ...] = MODES,
+               default: str = 'small') -> str:
+  """``'tiny'`` -> ``'tiny'``; '' or None -> ``default``; anything else raises."""
+  mode = (arg or '').strip() or default
+  if mode not in modes:
+    raise ValueError(f'config argument {arg!r} is not a mode; accepted: '
+                     f'{", ".join(modes)}.')
+  return mode
+
+
+def certify_settings(mode: str) -> ml_collections.ConfigDict:
+  """Certification settings from ``rsp/configs/certify.py`` in ``mode`` (one source)."""
+  src = certify_config.get_config(mode)
+  c = ml_collections.ConfigDict()
+  c.num_points = src.num_points  # Seeded subset of the target class's test points.
+  c.subset_seed = src.subset_seed
+  c.all_classes_points = 0       # > 0: also certify this many test points of all classes.
+  c.sigma = -1.0                 # <= 0: each victim's training sigma.
+  c.n0 = src.n0
+  c.n = src.n
+  c.alpha = src.alpha
+  c.batch_size = src.batch_size  # Noisy images per pass; does not change certificates.
+  c.seed = src.seed              # Same key for every victim: point idx uses fold_in(key, idx).
+  return c
+
+
+def build_config(*, name: str, dataset: str, target_class: int, eps: float,
+                 attacks: Mapping[str, ml_collections.ConfigDict],
+                 victims: Mapping[str, ml_collections.ConfigDict],
+                 certify: ml_collections.ConfigDict,
+                 poisons: tuple[str, ...] = ('none', 'pacd', 'random', 'no_target'),
+                 archs: tuple[str, ...] = ('lenet',),
+                 seeds: tuple[int, ...] = (0,)) -> ml_collections.ConfigDict:
+  """A protocol config; every protocol file calls this (fields documented inline).
+
+  ``dataset``, ``data_dir``, ``data_seed``, ``target_class`` and ``eps`` of the protocol
+  override those of the nested attack and victim configs at run time, so that a
+  command-line override of one of them changes the whole protocol consistently.
+  """
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.dataset = dataset
+  c.data_dir = ''          # TFDS data directory ('' = TFDS default).
+  c.data_seed = 0          # Seeds the train/val split (the attack and victims share it).
+  c.seed = 0               # Seeds the random baselines' noise.
+  c.target_class = target_class
+  c.eps = eps              # L-inf budget of every poison set (PACD and random).
+  # Training sets of the victims: 'none' (clean), 'pacd', 'random' (+-eps sign noise,
+  # clipped), 'random_uniform' (U[-eps, eps], clipped), 'random_zero_mean' (+-eps sign
+  # noise on the pixels in [eps, 1 - eps] only: no clipping, zero mean), 'no_target'
+  # (the target class left out). 'none' is required: drops are measured against it.
+  c.poisons = tuple(poisons)
+  c.poison_file = ''       # Use this poison file for 'pacd' instead of running PACD.
+  c.attack_methods = tuple(attacks)  # Which of c.attacks to run (keys).
+  c.attacks = ml_collections.ConfigDict({k: v for k, v in attacks.items()})
+  c.train_methods = tuple(victims)   # Which of c.victims to train (keys).
+  c.victims = ml_collections.ConfigDict({k: v for k, v in victims.items()})
+  c.archs = tuple(archs)   # Victim architectures; the first is the main one.
+  c.other_arch_methods = ()  # Training methods of archs[1:] victims; () = all.
+  c.seeds = tuple(seeds)   # Victim seeds (initialisation, batches, noise); mean +- std.
+  c.certify = certify
+  c.figures = True
+  c.num_figure_images = 8
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  mode = parse_mode(arg)
+  c = build_config(
+      name=f'mnist_gaussian_{mode}', dataset='mnist_embedded', target_class=8, eps=0.1,
+      attacks={'gaussian': poison_mnist.get_config(f'gaussian,{mode}')},
+      victims={'gaussian': train_mnist.get_config(f'gaussian,{mode}')},
+      certify=certify_settings(mode))
+  if mode == 'tiny':
+    # 800 training points (about 80 of the target class, drawn after poisoning) for 24
+    # steps at a larger learning rate: victims that certify some points; several epochs
+    # so that an interrupted victim resumes from a checkpoint.
+    c.victims.gaussian.train_subset = 800
+    c.victims.gaussian.batch_size = 100
+    c.victims.gaussian.num_epochs = 3
+    c.victims.gaussian.learning_rate = 3e-3
+    c.victims.gaussian.log_every_steps = 4
+    c.certify.all_classes_points = 6
+    c.num_figure_images = 4
+  return c

@@ -1,0 +1,53 @@
+r"""Transfer of PACD poisons across training methods and architectures (embedded MNIST).
+
+Argument: MODE in small (default) | tiny.
+
+Poisons are made against each victim training method (Gaussian augmentation, MACER,
+SmoothAdv; ``poison_mnist.get_config('METHOD,MODE')``), and LeNet victims are trained
+with each method (``train_mnist.get_config('METHOD,MODE')``) on each poison set: the 3x3
+matrix of the target-class ACR drop (poisons made against row, victim trained with
+column) in ``results.md``. Victims of other architectures (``wide_cnn``, ``mlp``) are
+trained with Gaussian augmentation on every poison set (``other_arch_methods``). Each
+victim is certified at its own training sigma (0.5 for Gaussian augmentation and MACER,
+0.75 for SmoothAdv) on the same 100 class-8 test points, N = 10,000; the poisons against
+MACER and SmoothAdv are made at the attack's sigma 0.75 (SPEC.md G.13).
+
+* small: 3 attacks and 25 victims on a 2-core CPU: expected runtime and result: see
+  README (estimated 1.5-2 h: three attacks of about 8 minutes, 25 victims of 1-5 min).
+* tiny: seconds per stage, for checks of the grid.
+
+Command::
+
+    python experiments/run.py --config=rsp/configs/protocol_transfer.py \
+        --workdir=/tmp/rsp/protocol_transfer
+
+Run one row of the matrix only with ``--config.attack_methods=macer``; add seeds with
+``--config.seeds=0,1,2``.
+"""
+
+from rsp.configs import poison_mnist
+from rsp.configs import protocol
+from rsp.configs import train_mnist
+
+METHODS = ('gaussian', 'macer', 'smoothadv')
+
+
+def get_config(arg: str | None = None):
+  mode = protocol.parse_mode(arg)
+  c = protocol.build_config(
+      name=f'mnist_transfer_{mode}', dataset='mnist_embedded', target_class=8, eps=0.1,
+      attacks={m: poison_mnist.get_config(f'{m},{mode}') for m in METHODS},
+      victims={m: train_mnist.get_config(f'{m},{mode}') for m in METHODS},
+      certify=protocol.certify_settings(mode),
+      poisons=('none', 'pacd', 'random'),
+      archs=('lenet', 'wide_cnn', 'mlp'))
+  c.other_arch_methods = ('gaussian',)
+  if mode == 'tiny':
+    for m in METHODS:  # As protocol.py's tiny victims, one epoch.
+      c.victims[m].train_subset = 800
+      c.victims[m].batch_size = 100
+      c.victims[m].num_epochs = 1
+      c.victims[m].learning_rate = 3e-3
+      c.victims[m].log_every_steps = 4
+    c.num_figure_images = 4
+  return c
