@@ -41,9 +41,10 @@ def tiny_config(arg='gaussian,tiny', **overrides):
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, cifar10_paper_runs, four_device_run):
   """The tiny config (LeNet, Gaussian augmentation, 64 embedded digits, 2 epochs of 4
-  steps), trained once without interruption."""
+  steps), trained once without interruption. (Its first use starts the subprocesses.)"""
+  del cifar10_paper_runs, four_device_run
   workdir = str(tmp_path_factory.mktemp('tiny'))
   return workdir, train.train_and_evaluate(tiny_config(), workdir)
 
@@ -246,31 +247,94 @@ def test_smoothadv_warmup_and_augmentation():
 # The paper-scale configs, on tiny mock data.
 
 # Paper configs with only the amount of work shrunk: one epoch of two small batches.
-_PAPER = [(module, method) for module in (train_mnist, train_cifar10)
-          for method in robust_training.METHODS]
+_CONFIG_MODULES = {'train_mnist': train_mnist, 'train_cifar10': train_cifar10}
 
 
-@pytest.mark.parametrize('module,method', _PAPER,
-                         ids=[f'{m.__name__.split(".")[-1]}-{x}' for m, x in _PAPER])
-def test_paper_configs_run_on_mock_data(module, method, tmp_path):
+def paper_run(module_name: str, method: str, workdir: str) -> dict:
+  """Trains the paper config of ``module_name`` for ``method`` on 10 mock TFDS examples
+  per split (one epoch, batch 4) and returns the facts the test checks."""
+  module = _CONFIG_MODULES[module_name]
   config = module.get_config(method)
   paper = module.get_config(method)
-  assert config.dataset in ('mnist', 'cifar10') and config.train_subset == 0
-  assert config.num_epochs >= 101
+  facts = {'dataset': config.dataset, 'train_subset': config.train_subset,
+           'paper_epochs': config.num_epochs}
   config.num_epochs = 1
   config.batch_size = 4
   config.eval_batch_size = 8
   with tfds.testing.mock_data(num_examples=10):
-    result = train.train_and_evaluate(config, str(tmp_path))
-  assert result.summary['steps'] == 2  # 9 mock training points (1 held out), batch 4.
-  assert result.summary['num_params'] == {'mnist': 431_080, 'cifar10': 273_066}[
-      config.dataset]
-  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(result.variables))
-  last = metrics.read_json_lines(os.path.join(tmp_path, 'metrics.jsonl'))[-1]
-  assert last['step'] == 2 and np.isfinite(last['loss']) and last['grad_norm'] > 0
-  assert np.isfinite(last['grad_norm'])
-  saved = metrics.read_json(os.path.join(tmp_path, 'config.json'))
-  assert saved['loss'] == paper.loss.to_dict() and saved['model'] == paper.model
+    result = train.train_and_evaluate(config, workdir)
+  saved = metrics.read_json(os.path.join(workdir, 'config.json'))
+  last = metrics.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))[-1]
+  return dict(facts, steps=result.summary['steps'],
+              num_params=result.summary['num_params'],
+              finite_weights=all(bool(np.all(np.isfinite(v)))
+                                 for v in jax.tree.leaves(result.variables)),
+              last_step=last['step'], last_loss=last['loss'],
+              last_grad_norm=last['grad_norm'],
+              same_loss=saved['loss'] == paper.loss.to_dict(),
+              same_model=saved['model'] == paper.model)
+
+
+_PAPER_CHILD = textwrap.dedent('''
+    import json, os, sys
+    sys.path.insert(0, os.path.join(os.getcwd(), 'tests'))
+    import train_test  # Turns on jax_disable_most_optimizations, as in the parent.
+    from rsp import robust_training
+    out = {m: train_test.paper_run('train_cifar10', m, os.path.join(sys.argv[1], m))
+           for m in robust_training.METHODS}
+    print('RESULTS ' + json.dumps(out), flush=True)
+''')
+
+
+class _Child:
+  """A Python subprocess started now and waited for when its output is first needed, so
+  that it runs beside the tests of this process (the CPU compiles on one core)."""
+
+  def __init__(self, script: str, args: list[str], env: dict[str, str] | None = None):
+    self._proc = subprocess.Popen(
+        [sys.executable, '-c', script, *args], cwd=ROOT, env=env or dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self._out = None
+
+  def result(self, timeout: float = 600) -> tuple[int, str, str]:
+    if self._out is None:
+      try:
+        stdout, stderr = self._proc.communicate(timeout=timeout)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+        stdout, stderr = self._proc.communicate()
+      self._out = (self._proc.returncode, stdout, stderr)
+    return self._out
+
+  def stop(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.communicate()
+
+
+@pytest.fixture(scope='module')
+def cifar10_paper_runs(tmp_path_factory):
+  """The CIFAR-10 paper configs (ResNet-20, every method), run in a subprocess: their
+  compilation is most of this file's work, and it overlaps the other tests."""
+  child = _Child(_PAPER_CHILD, [str(tmp_path_factory.mktemp('cifar10_paper'))])
+  yield child
+  child.stop()
+
+
+def _check_paper_run(facts: dict, dataset: str) -> None:
+  assert facts['dataset'] == dataset and facts['train_subset'] == 0
+  assert facts['paper_epochs'] >= 101
+  assert facts['steps'] == 2  # 9 mock training points (1 held out), batch 4.
+  assert facts['num_params'] == {'mnist': 431_080, 'cifar10': 273_066}[dataset]
+  assert facts['finite_weights']
+  assert facts['last_step'] == 2 and np.isfinite(facts['last_loss'])
+  assert np.isfinite(facts['last_grad_norm']) and facts['last_grad_norm'] > 0
+  assert facts['same_loss'] and facts['same_model']
+
+
+@pytest.mark.parametrize('method', robust_training.METHODS)
+def test_mnist_paper_configs_run_on_mock_data(method, tmp_path):
+  _check_paper_run(paper_run('train_mnist', method, str(tmp_path)), 'mnist')
 
 
 def test_paper_constants():
@@ -328,24 +392,33 @@ _FOUR_DEVICES = textwrap.dedent('''
 ''')
 
 
-def test_four_devices_and_the_script(tiny_run, tmp_path):
+@pytest.fixture(scope='module')
+def four_device_run(tmp_path_factory):
+  """experiments/train.py on the tiny config over 4 fake CPU devices, in a subprocess
+  started at once (it runs beside the other tests)."""
+  workdir = str(tmp_path_factory.mktemp('four_devices') / 'run')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  child = _Child(_FOUR_DEVICES, [workdir], env)
+  yield workdir, child
+  child.stop()
+
+
+def test_four_devices_and_the_script(tiny_run, four_device_run):
   """experiments/train.py on the tiny config, data parallel over 4 fake CPU devices,
   gives the weights of the 1-device run; the batch is split 4 ways."""
   reference_dir, reference = tiny_run
-  workdir = str(tmp_path / 'run')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
-  proc = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, workdir], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  checks = json.loads(proc.stdout.split('CHECKS ')[1].splitlines()[0])
+  workdir, child = four_device_run
+  returncode, stdout, stderr = child.result()
+  assert returncode == 0, stderr[-3000:]
+  checks = json.loads(stdout.split('CHECKS ')[1].splitlines()[0])
   assert checks['image_sharding_devices'] == 4 and checks['shard_devices'] == 4
   assert checks['shard_shapes'] == [[4, 28, 28, 1]]
   assert checks['fully_replicated']
   assert 'divisible by the number of local devices (4)' in checks['indivisible']
-  assert 'clean test accuracy' in proc.stdout and workdir in proc.stdout
-  assert 'step 8/8' in proc.stderr  # Progress lines, not drowned by orbax's INFO lines.
-  assert 'checkpoint_manager.py' not in proc.stderr
+  assert 'clean test accuracy' in stdout and workdir in stdout
+  assert 'step 8/8' in stderr  # Progress lines, not drowned by orbax's INFO lines.
+  assert 'checkpoint_manager.py' not in stderr
   summary = metrics.read_json(os.path.join(workdir, 'summary.json'))
   assert len(summary['devices']) == 4 and summary['steps'] == 8
   ours, theirs = _params(workdir), _params(reference_dir)
@@ -353,3 +426,15 @@ def test_four_devices_and_the_script(tiny_run, tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
   assert summary['test_accuracy'] == pytest.approx(reference.summary['test_accuracy'],
                                                    abs=0.002)
+
+
+def test_cifar10_paper_configs_run_on_mock_data(cifar10_paper_runs):
+  returncode, stdout, stderr = cifar10_paper_runs.result()
+  assert returncode == 0, stderr[-3000:]
+  results = json.loads(stdout.split('RESULTS ')[1].splitlines()[0])
+  assert sorted(results) == sorted(robust_training.METHODS)
+  for method, facts in results.items():
+    try:
+      _check_paper_run(facts, 'cifar10')
+    except AssertionError as e:
+      raise AssertionError(f'train_cifar10.py:{method}: {facts}') from e

@@ -10,9 +10,11 @@ gaussian), MODE in paper (default) | small | tiny.
   Adam, lr 1e-3. BatchNorm in standard training mode (``model_kwargs.norm='frozen'``
   replicates the reference's inference-mode BN, SPEC.md G.1). Needs a GPU: about
   0.5 h (gaussian) to 6 h (macer) on one modern GPU (estimated from samples/s).
-* small: 3 epochs, for a CPU smoke run on prepared CIFAR-10 (about 20 min per epoch of
-  Gaussian augmentation on 2 CPU cores).
-* tiny: a few steps, for tests on mock data.
+* small: 3 epochs, for a CPU smoke run on prepared CIFAR-10. On the shared 2-core CPU
+  (load 4-6) a step of Gaussian augmentation (batch 200) took 3.6 s, so an epoch (225
+  steps) about 14 min; MACER's k = 16 costs 57 s a step of 100 (see
+  benchmarks/train_throughput.py): the paper mode needs a GPU.
+* tiny: 8 training points, 2 steps of 4, for tests on mock data.
 
 Prepare the data once (network, TensorFlow)::
 
