@@ -27,7 +27,8 @@ program needs beyond its arguments and outputs); on GPU the process's
         --unrolled_variants=scan,remat --iterations=1,5 --steps=1,5   # rolled loops
 
 On XLA CPU, rolled loops (``fori_loop``/``lax.scan``) of convolutional second-order work
-ran 5-8x slower than the same work unrolled; on GPU compare both.
+ran 4-14x slower than the same work unrolled; on GPU compare both. ``remat`` cut the
+rolled scan's scratch memory (LeNet, 5 steps: 228 to 59 MiB) but not the unrolled one's.
 
 ResNet-20 threads its BatchNorm statistics through the inner steps (``has_aux=True``);
 the implicit hypergradient holds them fixed. Run it on an otherwise idle machine; the

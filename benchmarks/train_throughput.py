@@ -103,10 +103,11 @@ def time_setting(config, steps: int, max_seconds: float) -> dict:
     state, m = step_fn(state, jax.device_put(batch, batch_sharding),
                        jax.random.fold_in(noise_key, i + 1), extra)
     done += 1
-    if time.perf_counter() - t0 > max_seconds:  # Slow settings: fewer steps.
+    if done == 1:  # Slow settings time fewer steps: as many as fit in max_seconds.
       jax.block_until_ready(m)
-      if time.perf_counter() - t0 > max_seconds:
-        break
+      steps = min(steps, max(1, int(max_seconds / (time.perf_counter() - t0))))
+    if done == steps:
+      break
   jax.block_until_ready((state, m))
   wall = (time.perf_counter() - t0) / done
   cpu = (time.process_time() - c0) / done

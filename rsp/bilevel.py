@@ -43,7 +43,7 @@ Every function is pure and jittable; the solver choice, iteration counts and the
 Python values (static), so close over them when jitting, e.g.
 ``jax.jit(functools.partial(implicit_hypergrad, outer_fn, inner_fn, method='cg'))``.
 Both functions take ``unroll``: on XLA CPU, rolled loops (``fori_loop``/``lax.scan``) of
-convolutional second-order work ran 5-8x slower than the same work unrolled
+convolutional second-order work ran 4-14x slower than the same work unrolled
 (``benchmarks/hypergrad.py``), so pass ``unroll=True`` there for the few (<= 20) solver
 iterations or inner steps an attack uses; compile time then grows with the count.
 Hypergradients are returned as computed: a NaN (e.g. from an ill-posed solve) is not
@@ -224,7 +224,7 @@ def _solve_cg(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, unrol
 
   A fixed number of iterations in ``fori_loop`` (rather than ``jax.scipy.sparse.linalg.cg``,
   a ``while_loop``) so that the loop can be unrolled: convolutional Hessian-vector products
-  inside an XLA CPU loop ran 5-8x slower than unrolled (benchmarks/hypergrad.py). Once
+  inside an XLA CPU loop ran up to 14x slower than unrolled (benchmarks/hypergrad.py). Once
   ||r|| <= tol ||b|| the iterate is frozen (the remaining iterations still cost a product).
   """
   del learning_rate, solver_state  # unused by CG
@@ -371,8 +371,8 @@ def implicit_hypergrad(
       ``has_aux=True``.
     unroll: unroll factor of the solver's ``fori_loop``; ``True`` traces the iterations
       without a loop. On XLA CPU convolutional Hessian-vector products inside a rolled
-      loop ran about 7x slower (LeNet, 5 CG iterations: 8.0 s against 1.1 s;
-      benchmarks/hypergrad.py), so pass ``unroll=True`` there (compile time then grows
+      loop ran about 10x slower (LeNet, 5 CG iterations: 8-12 s against 0.9-1.1 s in two
+      runs; benchmarks/hypergrad.py), so pass ``unroll=True`` there (compile time then grows
       with ``maxiter``); on GPU the rolled loop should be fine (not measured).
     return_aux: also return an :class:`ImplicitAux` (solution, relative residual, outer
       value, solver state). Computing the residual costs one more product.
@@ -497,7 +497,7 @@ def unrolled_hypergrad(
       not the fully unrolled one's (``unroll=True``: XLA schedules the recomputation
       early), so use it with a rolled scan when memory binds.
     unroll: ``lax.scan``'s unroll factor; ``True`` traces the steps without a loop, which
-      on XLA CPU was 5x faster than a rolled scan for convolutional steps (LeNet, 5 Adam
+      on XLA CPU was 4-5x faster than a rolled scan for convolutional steps (LeNet, 5 Adam
       steps; benchmarks/hypergrad.py); compile time then grows with ``num_steps``.
     return_aux: also return an :class:`UnrolledAux` (final params, optimiser state, model
       state, outer value, inner losses) for warm starts and logging.
