@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from rsp import checkpointing
 from rsp import smoothing
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the certification log, '
@@ -28,6 +29,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  checkpointing.quiet_orbax_logging()
   logging.info('JAX devices: %s', jax.devices())
   config = flags.FLAGS.config
   if _CHECKPOINT_DIR.value:

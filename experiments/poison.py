@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from rsp import attack
+from rsp import checkpointing
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for poisons, metrics, checkpoints.')
 config_flags.DEFINE_config_file('config', None, 'Attack config file.', lock_config=True)
@@ -23,6 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  checkpointing.quiet_orbax_logging()
   logging.info('JAX devices: %s', jax.devices())
   result = attack.run_attack(flags.FLAGS.config, _WORKDIR.value)
   meta = result.metadata

@@ -17,6 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from rsp import checkpointing
 from rsp import protocol
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for poisons, victims, results.')
@@ -27,6 +28,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  checkpointing.quiet_orbax_logging()
   logging.info('JAX devices: %s', jax.devices())
   results = protocol.run_protocol(flags.FLAGS.config, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, 'results.md')) as f:

@@ -72,6 +72,7 @@ from rsp import metrics as metrics_lib
 from rsp import models
 from rsp import robust_training
 from rsp import train as train_lib
+from rsp import validation
 
 MODES = ('implicit', 'unrolled')
 SOLVERS = ('approxgrad', 'cg', 'neumann', 'identity')
@@ -239,7 +240,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
       grad_u, aux = bilevel.implicit_hypergrad(
           outer_fn, hyper_inner, params, poisons, method=a.solver, damping=a.damping,
           maxiter=a.solver_steps, learning_rate=a.lr_p, init=solution,
-          solver_state=solver_state, has_aux=True, state=state, return_aux=True)
+          solver_state=solver_state, has_aux=True, state=state, return_aux=True,
+          unroll=bool(a.get('unroll', True)))
       solution, solver_state = aux.solution, aux.solver_state
       residual, objective = aux.residual, aux.value
       inner_loss = jnp.stack(inner_losses).mean()
@@ -247,7 +249,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
       grad_u, aux = bilevel.unrolled_hypergrad(
           outer_fn, inner_fn, params, poisons, num_steps=a.inner_steps,
           optimizer=inner_tx, opt_state=opt_state, has_aux=True, state=state,
-          pass_step=True, remat=bool(a.get('remat', False)), return_aux=True)
+          pass_step=True, remat=bool(a.get('remat', False)), return_aux=True,
+          unroll=bool(a.get('unroll', True)))
       params, opt_state, state = aux.params, aux.opt_state, aux.state
       residual, objective = jnp.zeros(()), aux.value
       inner_loss = jnp.mean(aux.inner_losses)
@@ -312,12 +315,8 @@ class PoisonResult:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for an attack config that cannot work, before any work."""
-  if config.dataset not in data_lib.DATASETS:
-    raise ValueError(f'config.dataset={config.dataset!r} is not known; accepted: '
-                     f'{", ".join(data_lib.DATASETS)}.')
-  if config.model not in models.MODELS:
-    raise ValueError(f'config.model={config.model!r} is not known; accepted: '
-                     f'{", ".join(models.MODELS)}.')
+  validation.check_choice('config.dataset', config.dataset, data_lib.DATASETS)
+  validation.check_choice('config.model', config.model, models.MODELS)
   num_classes = data_lib.info(config.dataset)['num_classes']
   if not 0 <= config.target_class < num_classes:
     raise ValueError(f'config.target_class={config.target_class} must be in '
@@ -329,16 +328,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                 ('mode', a.mode, MODES), ('solver', a.solver, SOLVERS),
                                 ('poison_optimizer', a.poison_optimizer,
                                  POISON_OPTIMIZERS)):
-    if value not in accepted:
-      raise ValueError(f'config.attack.{name}={value!r} is not known; accepted: '
-                       f'{", ".join(accepted)}.')
+    validation.check_choice(f'config.attack.{name}', value, accepted)
   if a.sigma <= 0:
     raise ValueError(f'config.attack.sigma={a.sigma} must be > 0.')
-  for name in ('clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
-               'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'):
-    value = a.get(name)
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.attack.{name}={value!r} must be an integer >= 1.')
+  validation.check_ints('config.attack.', a, (
+      'clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
+      'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'))
   for name in ('lr_u', 'lr_v', 'lr_p'):
     if a.get(name) <= 0:
       raise ValueError(f'config.attack.{name}={a.get(name)} must be > 0.')

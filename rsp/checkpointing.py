@@ -55,7 +55,11 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
-    """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON) at ``step``; blocks."""
+    """Saves ``state`` (a pytree of arrays) and ``meta`` (JSON) at ``step``; blocks.
+
+    A step already saved is never overwritten: orbax raises ``StepAlreadyExistsError``
+    and the checkpoint on disk stays as it was.
+    """
     self._manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave(dict(meta or {}))), force=True)

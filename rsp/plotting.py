@@ -9,7 +9,7 @@ inline in Jupyter). Each function saves a PNG when given a path and returns the 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -193,3 +193,49 @@ def plot_poison_examples(clean: Any, poisoned: Any, path: str | None = None, *,
           f'perturbation x{amplification:.3g}': 0.5 + amplification * delta}
   full_title = f'max |delta| = {largest:.3g}' if title is None else title
   return plot_image_grid(rows, path, max_columns=num_images, title=full_title)
+
+
+def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = None, *,
+                  label: Callable[[Mapping[str, Any]], str] | None = None,
+                  title: str | None = None) -> Figure:
+  """Bar chart of the relative target-class ACR drop per poisoned cell (mean ± std).
+
+  Args:
+    aggregates: ``rsp.protocol.aggregate_rows`` output (keys ``poison``, ``poison_set``,
+      ``train_method``, ``arch``, ``acr_drop_relative_mean``/``_std``); clean cells
+      (``poison == 'none'``) are left out.
+    path: PNG to write; None to only return the figure.
+    label: legend entry of a bar's cell (default: its ``poison_set``); bars of one
+      poison set share a colour.
+    title: figure title.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` (Agg canvas; no pyplot state).
+  """
+  bars = [a for a in aggregates if a['poison'] != 'none']
+  if not bars:
+    raise ValueError('aggregates holds no poisoned cell; nothing to plot.')
+  label = label or (lambda a: a['poison_set'])
+  kinds = list(dict.fromkeys(a['poison_set'] for a in bars))
+  colors = {k: f'C{i % 10}' for i, k in enumerate(kinds)}
+  fig = Figure(figsize=(max(4.5, 0.55 * len(bars) + 2.0), 4.2), layout='constrained')
+  ax = fig.subplots()
+  x = np.arange(len(bars))
+  seen = set()
+  for i, a in enumerate(bars):
+    name = label(a)
+    std = a['acr_drop_relative_std']  # None for a single seed: no error bar.
+    ax.bar(x[i], 100 * a['acr_drop_relative_mean'],
+           yerr=None if std is None else 100 * std, capsize=3,
+           color=colors[a['poison_set']], label=None if name in seen else name)
+    seen.add(name)
+  ax.axhline(0.0, color='black', linewidth=0.8)
+  ax.axhline(30.0, color='gray', linestyle='--', linewidth=0.8, label='30% (paper)')
+  ax.set_xticks(x, [f'{a["train_method"]}\n{a["arch"]}' for a in bars], fontsize='small')
+  ax.set_ylabel('target-class ACR drop (%)')
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(fontsize='small')
+  if title:
+    ax.set_title(title)
+  _save(fig, path)
+  return fig

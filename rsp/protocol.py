@@ -76,6 +76,7 @@ from rsp import models
 from rsp import plotting
 from rsp import smoothing
 from rsp import train as train_lib
+from rsp import validation
 from rsp import version
 
 POISONS = ('none', 'pacd', 'random', 'random_uniform', 'random_zero_mean', 'no_target')
@@ -94,7 +95,7 @@ POISON_LABELS = {
 # Fields that do not change a cell's or an attack's numbers: a restarted run may change
 # them without being refused.
 _VICTIM_LOG_FIELDS = ('log_every_steps', 'eval_batch_size', 'eval_every_epochs')
-_ATTACK_LOG_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'remat')
+_ATTACK_LOG_FIELDS = ('log_every_steps', 'checkpoint_every_steps', 'remat', 'unroll')
 
 
 # ------------------------------------------------------------------------------------
@@ -260,9 +261,7 @@ def certification_sigma(config: ml_collections.ConfigDict,
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a protocol config that cannot work, before any work."""
-  if config.dataset not in data_lib.DATASETS:
-    raise ValueError(f'config.dataset={config.dataset!r} is not known; accepted: '
-                     f'{", ".join(data_lib.DATASETS)}.')
+  validation.check_choice('config.dataset', config.dataset, data_lib.DATASETS)
   info = data_lib.info(config.dataset)
   if not isinstance(config.target_class, int) or \
       not 0 <= config.target_class < info['num_classes']:
@@ -298,18 +297,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'a subset of config.train_methods={methods!r}.')
   _seeds(config.seeds)
   c = config.certify
-  for name in ('n0', 'n', 'batch_size', 'num_points'):
-    value = c.get(name)
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.certify.{name}={value!r} must be an integer >= 1.')
-  if not isinstance(c.all_classes_points, int) or c.all_classes_points < 0:
-    raise ValueError(f'config.certify.all_classes_points={c.all_classes_points!r} must '
-                     'be an integer >= 0 (0: target class only).')
+  validation.check_ints('config.certify.', c, ('n0', 'n', 'batch_size', 'num_points'))
+  validation.check_int('config.certify.all_classes_points', c.all_classes_points, 0,
+                       meaning='0: target class only')
   if not 0 < c.alpha < 0.5:
     raise ValueError(f'config.certify.alpha={c.alpha} must be in (0, 0.5).')
-  if not isinstance(config.num_figure_images, int) or config.num_figure_images < 1:
-    raise ValueError(f'config.num_figure_images={config.num_figure_images!r} must be an '
-                     'integer >= 1.')
+  validation.check_int('config.num_figure_images', config.num_figure_images)
   for cell in resolve_cells(config):
     victim = victim_config(config, cell)
     train_lib.validate_config(victim)
@@ -873,54 +866,6 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
   return '\n'.join(lines) + '\n'
 
 
-def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = None, *,
-                  title: str | None = None):
-  """Bar chart of the relative target-class ACR drop per poisoned cell (mean ± std).
-
-  Args:
-    aggregates: from ``aggregate_rows``; clean cells are left out.
-    path: PNG to write; None to only return the figure.
-    title: figure title.
-
-  Returns:
-    A ``matplotlib.figure.Figure`` (Agg canvas; no pyplot state).
-  """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  bars = [a for a in aggregates if a['poison'] != 'none']
-  if not bars:
-    raise ValueError('aggregates holds no poisoned cell; nothing to plot.')
-  kinds = list(dict.fromkeys(a['poison_set'] for a in bars))
-  colors = {k: f'C{i % 10}' for i, k in enumerate(kinds)}
-  fig = Figure(figsize=(max(4.5, 0.55 * len(bars) + 2.0), 4.2), layout='constrained')
-  ax = fig.subplots()
-  x = np.arange(len(bars))
-  seen = set()
-  for i, a in enumerate(bars):
-    label = poison_label(a['poison'], a['attack'])
-    std = a['acr_drop_relative_std']  # None for a single seed: no error bar.
-    ax.bar(x[i], 100 * a['acr_drop_relative_mean'],
-           yerr=None if std is None else 100 * std, capsize=3,
-           color=colors[a['poison_set']], label=None if label in seen else label)
-    seen.add(label)
-  ax.axhline(0.0, color='black', linewidth=0.8)
-  ax.axhline(30.0, color='gray', linestyle='--', linewidth=0.8, label='30% (paper)')
-  ax.set_xticks(x, [f'{a["train_method"]}\n{a["arch"]}' for a in bars], fontsize='small')
-  ax.set_ylabel('target-class ACR drop (%)')
-  ax.grid(axis='y', alpha=0.3)
-  ax.legend(fontsize='small')
-  if title:
-    ax.set_title(title)
-  if path is not None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}.png'
-    FigureCanvasAgg(fig)
-    fig.savefig(tmp, format='png', dpi=120)
-    os.replace(tmp, path)
-  return fig
-
-
 def _certified_points(workdir: str, row: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return metrics.rows_to_arrays(metrics.read_certification_tsv(
       os.path.join(workdir, 'cells', row['cell'], 'certify.tsv')))
@@ -970,7 +915,8 @@ def make_figures(config: ml_collections.ConfigDict, results: Mapping[str, Any],
     out.append(rel)
   if any(a['poison'] != 'none' for a in results['aggregates']):
     rel = os.path.join('figures', 'acr_drop.png')
-    plot_acr_drop(results['aggregates'], os.path.join(workdir, rel),
+    plotting.plot_acr_drop(results['aggregates'], os.path.join(workdir, rel),
+                           label=lambda a: poison_label(a['poison'], a['attack']),
                   title=f'{config.name}: target-class ACR drop')
     out.append(rel)
   return out

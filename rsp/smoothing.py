@@ -57,6 +57,7 @@ import numpy as np
 import scipy.stats
 
 from rsp import metrics
+from rsp import validation
 
 ABSTAIN = metrics.ABSTAIN  # -1: the smoothed classifier declines to predict.
 
@@ -195,10 +196,7 @@ def _check_alpha(alpha: Any) -> None:
 
 
 def _check_positive_int(name: str, value: Any, maximum: int | None = None) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f'{name}={value!r} must be an integer >= 1.')
-  if maximum is not None and value > maximum:
-    raise ValueError(f'{name}={value!r} must be at most {maximum}.')
+  validation.check_int(name, value, 1, maximum)
 
 
 def _check_sigma(sigma: Any) -> None:
@@ -209,9 +207,7 @@ def _check_sigma(sigma: Any) -> None:
 
 
 def _check_num_classes(num_classes: Any) -> None:
-  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
-      num_classes < 2):
-    raise ValueError(f'num_classes={num_classes!r} must be an integer >= 2.')
+  validation.check_int('num_classes', num_classes, 2)
 
 
 def _check_images(name: str, images: Any, ndim: int) -> np.ndarray:

@@ -44,6 +44,7 @@ from rsp import data as data_lib
 from rsp import metrics as metrics_lib
 from rsp import models
 from rsp import robust_training
+from rsp import validation
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -60,34 +61,22 @@ class TrainState(flax.struct.PyTreeNode):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a config that cannot work, before any data is loaded."""
-  if config.dataset not in data_lib.DATASETS:
-    raise ValueError(f'config.dataset={config.dataset!r} is not known; accepted: '
-                     f'{", ".join(data_lib.DATASETS)}.')
-  if config.model not in models.MODELS:
-    raise ValueError(f'config.model={config.model!r} is not known; accepted: '
-                     f'{", ".join(models.MODELS)}.')
-  if config.method not in robust_training.METHODS:
-    raise ValueError(f'config.method={config.method!r} is not known; accepted: '
-                     f'{", ".join(robust_training.METHODS)}.')
+  validation.check_choice('config.dataset', config.dataset, data_lib.DATASETS)
+  validation.check_choice('config.model', config.model, models.MODELS)
+  validation.check_choice('config.method', config.method, robust_training.METHODS)
   shape = data_lib.info(config.dataset)['shape']
   if tuple(models.input_shape(config.model)) != tuple(shape):
     raise ValueError(f'config.model={config.model!r} takes images of shape '
                      f'{models.input_shape(config.model)}, but config.dataset='
                      f'{config.dataset!r} has images of shape {shape}.')
   robust_training.get_loss(config.method, **dict(config.loss))
-  for name in ('batch_size', 'num_epochs', 'eval_batch_size'):
-    value = config.get(name)
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.{name}={value!r} must be an integer >= 1.')
+  validation.check_ints('config.', config, ('batch_size', 'num_epochs', 'eval_batch_size'))
   if config.learning_rate <= 0:
     raise ValueError(f'config.learning_rate={config.learning_rate} must be > 0.')
-  if config.optimizer not in _OPTIMIZERS:
-    raise ValueError(f'config.optimizer={config.optimizer!r} is not known; accepted: '
-                     f'{", ".join(_OPTIMIZERS)}.')
+  validation.check_choice('config.optimizer', config.optimizer, _OPTIMIZERS)
   subset = config.get('train_subset', 0)
-  if not isinstance(subset, int) or subset < 0:
-    raise ValueError(f'config.train_subset={subset!r} must be an integer >= 0 '
-                     '(0: the whole training split).')
+  validation.check_int('config.train_subset', subset, 0,
+                       meaning='0: the whole training split')
   if subset and subset < config.batch_size:
     raise ValueError(f'config.train_subset={subset} is smaller than config.batch_size='
                      f'{config.batch_size}: not one batch.')

@@ -17,6 +17,7 @@ import pytest
 from rsp import attack
 from rsp import data
 from rsp import metrics
+from rsp import plotting
 from rsp import protocol
 from rsp import smoothing
 from rsp import train
@@ -305,8 +306,11 @@ def test_drops_means_and_the_transfer_matrix():
   assert np.allclose(matrix['acr_drop_relative'], [[0.325], [0.225]])
   single = protocol.aggregate_rows(protocol.add_acr_drops(rows[:1] + rows[2:3]))
   assert single[1]['acr_std'] is None and protocol.transfer_matrix(single) is None
-  figure = protocol.plot_acr_drop(aggregates)
+  figure = plotting.plot_acr_drop(aggregates)
   assert len(figure.axes[0].patches) == 2
+  assert figure.axes[0].patches[0].get_height() == pytest.approx(32.5)
+  with pytest.raises(ValueError, match='no poisoned cell'):
+    plotting.plot_acr_drop(aggregates[:1])
 
 
 def test_configs_validate_and_resolve_their_grids():

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from rsp.configs import train_common
+
 METHODS = ('gaussian', 'macer', 'smoothadv')
 MODES = ('paper', 'small', 'tiny')
 
 
 def parse_arg(arg: str | None) -> tuple[str, str]:
   """``'macer,small'`` -> ``('macer', 'small')``; defaults gaussian, paper."""
-  method, mode = 'gaussian', 'paper'
-  for p in [p.strip() for p in (arg or '').split(',') if p.strip()]:
-    if p in METHODS:
-      method = p
-    elif p in MODES:
-      mode = p
-    else:
-      raise ValueError(f'config argument {arg!r}: {p!r} is neither a method '
-                       f'({", ".join(METHODS)}) nor a mode ({", ".join(MODES)}).')
-  return method, mode
+  return train_common.parse_arg(arg, 'gaussian', METHODS, MODES)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   a.steps_per_epoch = 0      # 0: floor(|D_c| / B_c), the reference's epoch.
   a.reinit_every_epochs = 10
   a.remat = False
+  # Unroll the solver's iterations / the unrolled mode's inner steps when tracing: on
+  # XLA CPU rolled loops of convolutional second-order work ran 4-14x slower
+  # (benchmarks/hypergrad.py); compile time grows with the count. Same numbers either way.
+  a.unroll = True
   a.log_every_steps = 10
   a.checkpoint_every_steps = 0  # 0: every epoch.
   return c

@@ -1,9 +1,9 @@
 r"""The paper-scale CIFAR-10 protocol (SPEC.md sections A-D): target 8 (ship), eps 0.03.
 
 PACD against each of Gaussian augmentation, MACER and SmoothAdv with the reference
-code's CIFAR constants (``attack_config`` below, SPEC.md B and C: ResNet-20 surrogate,
-B_c/B_p/B_v 180/20/20, k 5, ApproxGrad 10/10 steps (SmoothAdv 1/10), crop+flip for GA
-and MACER), all 4.5k ship training images poisoned; ResNet-20 victims trained from
+code's CIFAR constants (``poison_cifar10.get_config('METHOD,paper')``, SPEC.md B and C:
+ResNet-20 surrogate with frozen BatchNorm, B_c/B_p/B_v 180/20/20, k 5, ApproxGrad 10/10
+steps (SmoothAdv 1/10), crop+flip for GA and MACER), all 4.5k ship training images poisoned; ResNet-20 victims trained from
 scratch with each method (``train_cifar10.get_config('METHOD')``: 201/101/101 epochs) on
 the clean set, each PACD set (the 3x3 transfer matrix) and the random +-eps baseline;
 ``preact_resnet29`` victims with Gaussian augmentation on every set; one victim seed.
@@ -25,53 +25,11 @@ Command::
         --workdir=/tmp/rsp/protocol_cifar10_paper
 """
 
-import ml_collections
-
-from rsp.configs import poison_common
+from rsp.configs import poison_cifar10
 from rsp.configs import protocol
 from rsp.configs import train_cifar10
 
 METHODS = ('gaussian', 'macer', 'smoothadv')
-
-
-def attack_config(method: str) -> ml_collections.ConfigDict:
-  """PACD against a ResNet-20 on CIFAR-10 with the reference's constants (SPEC.md B, C)."""
-  c = poison_common.base_config()
-  c.dataset = 'cifar10'
-  c.model = 'resnet20'
-  c.model_kwargs.norm = 'batch'
-  c.target_class = 8
-  c.eps = 0.03
-  a = c.attack
-  a.method = method
-  a.outer_num_noise = 5
-  a.clean_batch_size = 180
-  a.poison_batch_size = 20
-  a.val_batch_size = 20
-  a.augment = method != 'smoothadv'
-  if method == 'gaussian':
-    a.sigma = a.inner.sigma = 0.5
-    a.lr_p = 1e-3
-    a.num_epochs = 51
-  elif method == 'macer':
-    a.sigma = a.inner.sigma = 0.25
-    a.inner.num_noise = 2   # The attack's k_in and lambda (victims use 16 and 12).
-    a.inner.lbd = 2.0
-    a.inner.gamma = 8.0
-    a.inner.beta = 16.0
-    a.inner.alpha = 1e-3
-    a.lr_p = 1e-4
-    a.num_epochs = 50
-  else:
-    a.sigma = a.inner.sigma = 0.25
-    a.inner.epsilon = 1.0
-    a.inner.num_steps = 2
-    a.inner.pgd = 'adam'
-    a.inner_steps = 1
-    a.lr_p = 1e-3
-    a.num_epochs = 100
-    a.reinit_every_epochs = 20
-  return c
 
 
 def get_config(arg: str | None = None):
@@ -80,7 +38,7 @@ def get_config(arg: str | None = None):
   certify.batch_size = 10_000  # A GPU's pass (the reference's); certificates unchanged.
   c = protocol.build_config(
       name='cifar10_paper', dataset='cifar10', target_class=8, eps=0.03,
-      attacks={m: attack_config(m) for m in METHODS},
+      attacks={m: poison_cifar10.get_config(f'{m},paper') for m in METHODS},
       victims={m: train_cifar10.get_config(m) for m in METHODS},
       certify=certify,
       poisons=('none', 'pacd', 'random'),

@@ -8,18 +8,23 @@ METHODS = ('standard', 'gaussian', 'macer', 'smoothadv')
 MODES = ('paper', 'small', 'tiny')
 
 
-def parse_arg(arg: str | None, default_method: str = 'gaussian') -> tuple[str, str]:
-  """``'macer,small'`` -> ``('macer', 'small')``; missing parts take the defaults."""
+def parse_arg(arg: str | None, default_method: str = 'gaussian',
+              methods: tuple[str, ...] = METHODS,
+              modes: tuple[str, ...] = MODES) -> tuple[str, str]:
+  """``'macer,small'`` -> ``('macer', 'small')``; missing parts take the defaults.
+
+  Shared by the training and attack configs (which pass their own ``methods``).
+  """
   parts = [p.strip() for p in (arg or '').split(',') if p.strip()]
   method, mode = default_method, 'paper'
   for p in parts:
-    if p in METHODS:
+    if p in methods:
       method = p
-    elif p in MODES:
+    elif p in modes:
       mode = p
     else:
       raise ValueError(f'config argument {arg!r}: {p!r} is neither a method '
-                       f'({", ".join(METHODS)}) nor a mode ({", ".join(MODES)}).')
+                       f'({", ".join(methods)}) nor a mode ({", ".join(modes)}).')
   return method, mode
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
