@@ -1,0 +1,51 @@
+"""Tests of rsp.validation: the messages name the argument, its value and what is accepted.
+
+Deterministic: no randomness.
+"""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from rsp import validation
+
+
+def test_check_choice():
+  validation.check_choice('config.model', 'lenet', ('lenet', 'mlp'))
+  with pytest.raises(ValueError, match=r"config.model='resnet' is not known; accepted: "
+                     r'lenet, mlp\.'):
+    validation.check_choice('config.model', 'resnet', ('lenet', 'mlp'))
+
+
+@pytest.mark.parametrize('value', [3, np.int64(3), np.int32(1)])
+def test_check_int_accepts_python_and_numpy_integers(value):
+  validation.check_int('n', value, 1, 5)
+
+
+@pytest.mark.parametrize('value,message', [
+    (0, r'n=0 must be an integer >= 1\.'),
+    (2.0, r'n=2.0 must be an integer >= 1\.'),
+    (True, r'n=True must be an integer >= 1\.'),
+    ('3', r"n='3' must be an integer >= 1\."),
+    (None, r'n=None must be an integer >= 1\.'),
+    (6, r'n=6 must be at most 5\.'),
+])
+def test_check_int_refuses(value, message):
+  with pytest.raises(ValueError, match=message):
+    validation.check_int('n', value, 1, 5)
+
+
+def test_check_int_minimum_and_meaning():
+  validation.check_int('config.train_subset', 0, 0)
+  with pytest.raises(ValueError, match=r'config.train_subset=-1 must be an integer >= 0 '
+                     r'\(0: all\)\.'):
+    validation.check_int('config.train_subset', -1, 0, meaning='0: all')
+
+
+def test_check_ints_names_the_field():
+  c = ml_collections.ConfigDict({'a': 1, 'b': 0})
+  validation.check_ints('config.', c, ('a',))
+  with pytest.raises(ValueError, match=r'config.b=0 must be an integer >= 1\.'):
+    validation.check_ints('config.', c, ('a', 'b'))
+  with pytest.raises(ValueError, match=r'config.missing=None'):
+    validation.check_ints('config.', c, ('missing',))
