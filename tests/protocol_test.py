@@ -321,7 +321,7 @@ def test_configs_validate_and_resolve_their_grids():
           small.certify.alpha) == (100, 10_000, 100, 0.001)
   assert small.victims.gaussian.loss.sigma == 0.5 and small.attacks.gaussian.attack.sigma == 0.5
   grids = {'small': (small, 3),  # none, pacd, random
-           'transfer': (protocol_transfer.get_config('small'), 3 * 5 + 2 * 5),
+           'transfer': (protocol_transfer.get_config('small'), 3 * 5 + 5),
            'mnist_paper': (protocol_mnist_paper.get_config(None), 3 * 7 * 3 + 2 * 7 * 3),
            'cifar10_paper': (protocol_cifar10_paper.get_config(None), 3 * 5 + 5)}
   for name, (config, num_cells) in grids.items():

@@ -10,16 +10,15 @@ gaussian), MODE in paper (default) | small | tiny.
   Expected runtime: about 3 min (gaussian) to 40 min (macer) on one modern GPU.
 * small: the embedded MNIST digits (3,500 train, 1,000 test), the paper's constants but
   fewer epochs (gaussian 40, macer 15 with k = 4 noise draws instead of 16, smoothadv 20
-  with eps warmed up over 5), for a CPU. Measured once each on the 2-core CPU (AMD EPYC,
-  jax 0.10.2) while other jobs held its load average at 4-8 (gaussian, macer) and 4-6
-  (smoothadv): expect less time on an idle machine. Training time (plus about 15 s of
-  start-up and evaluation), clean test accuracy, accuracy on the target class 8:
+  with eps warmed up over 5), for a CPU. Measured on the quiet 2-core CPU (AMD EPYC,
+  jax 0.10.2; the clean victims of README's transfer run): training loop time, clean
+  test accuracy, accuracy on the target class 8:
 
   | method | epochs | steps | training | test accuracy | class 8 |
   | --- | --- | --- | --- | --- | --- |
-  | gaussian (sigma 0.5) | 40 | 680 | 219 s | 0.974 | 0.990 |
-  | macer (sigma 0.5, k 4) | 15 | 255 | 429 s | 0.949 | 0.960 |
-  | smoothadv (sigma 0.75) | 20 | 700 | 139 s | 0.966 | 0.960 |
+  | gaussian (sigma 0.5) | 40 | 680 | 75 s | 0.974 | 0.990 |
+  | macer (sigma 0.5, k 4) | 15 | 255 | 159 s | 0.949 | 0.960 |
+  | smoothadv (sigma 0.75) | 20 | 700 | 91 s | 0.966 | 0.960 |
 
 * tiny: 64 training digits, 2 epochs of 4 steps, for tests (seconds).
 
