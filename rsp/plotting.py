@@ -218,7 +218,7 @@ def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = No
   label = label or (lambda a: a['poison_set'])
   kinds = list(dict.fromkeys(a['poison_set'] for a in bars))
   colors = {k: f'C{i % 10}' for i, k in enumerate(kinds)}
-  fig = Figure(figsize=(max(4.5, 0.55 * len(bars) + 2.0), 4.2), layout='constrained')
+  fig = Figure(figsize=(max(4.5, 0.8 * len(bars) + 2.0), 4.2), layout='constrained')
   ax = fig.subplots()
   x = np.arange(len(bars))
   seen = set()
