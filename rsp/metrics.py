@@ -24,6 +24,7 @@ Files:
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -231,17 +232,32 @@ def _jsonable(obj: Any) -> Any:
   raise TypeError(f'{type(obj).__name__} is not JSON serialisable.')
 
 
+def _finite_or_none(obj: Any) -> Any:
+  """``obj`` (plain JSON types) with every non-finite float replaced by None."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _finite_or_none(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_finite_or_none(v) for v in obj]
+  return obj
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` by way of a temporary file and ``os.replace``.
 
   A reader (or a run killed mid-write) sees the old file or the new one, never a part.
-  numpy/jax values and ConfigDicts are converted; NaN is written as ``NaN``.
+  numpy/jax values and ConfigDicts are converted. The file is strict JSON (RFC 8259), so
+  that tools other than Python's ``json`` read it: NaN and +-inf are written as
+  ``null`` (read back as None; ``np.asarray(..., float)`` turns None into NaN again).
   """
+  text = json.dumps(_finite_or_none(json.loads(json.dumps(obj, default=_jsonable))),
+                    indent=2, sort_keys=True, allow_nan=False)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    f.write(text)
     f.write('\n')
     f.flush()
     os.fsync(f.fileno())

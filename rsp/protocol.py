@@ -674,7 +674,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
   row.update(train_seconds=train_seconds, certify_seconds=certify_seconds,
              time=train_seconds + certify_seconds)
   metrics.write_json_atomic(result_path, row)
-  return row
+  return metrics.read_json(result_path)  # As a resumed run sees it (NaN -> None).
 
 
 # ------------------------------------------------------------------------------------
@@ -995,6 +995,7 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
                         if config.figures else [])
   results['wall_seconds'] = time.time() - t_start
   metrics.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+  results = load_results(workdir)  # The same values as a later load_results(workdir).
   markdown = results_markdown(results)
   tmp = os.path.join(workdir, f'results.md.tmp{os.getpid()}')
   with open(tmp, 'w') as f:

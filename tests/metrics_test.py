@@ -109,3 +109,15 @@ def test_write_json_atomic_converts_numpy_and_leaves_no_temporary(tmp_path):
   metrics.write_json_atomic(path, {'acr': 0.75})
   assert metrics.read_json(path) == {'acr': 0.75}
   assert os.listdir(os.path.dirname(path)) == ['summary.json']
+
+
+def test_write_json_atomic_writes_strict_json_with_null_for_non_finite(tmp_path):
+  path = str(tmp_path / 'summary.json')
+  metrics.write_json_atomic(path, {'drop': float('nan'), 'r': [1.0, np.float32(np.inf)],
+                                   'nested': {'x': np.array([np.nan, 2.0])}, 'ok': 3})
+  with open(path) as f:
+    text = f.read()
+  assert 'NaN' not in text and 'Infinity' not in text
+  assert metrics.read_json(path) == {'drop': None, 'r': [1.0, None],
+                                     'nested': {'x': [None, 2.0]}, 'ok': 3}
+  assert np.isnan(np.asarray(metrics.read_json(path)['nested']['x'], np.float64)[0])
