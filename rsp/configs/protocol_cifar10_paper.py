@@ -6,7 +6,8 @@ ResNet-20 surrogate with frozen BatchNorm, B_c/B_p/B_v 180/20/20, k 5, ApproxGra
 steps (SmoothAdv 1/10), crop+flip for GA and MACER), all 4.5k ship training images
 poisoned; ResNet-20 victims trained from scratch with each method
 (``train_cifar10.get_config('METHOD')``: 201/101/101 epochs) on the clean set, each PACD
-set (the 3x3 transfer matrix) and the random +-eps baseline; ``preact_resnet29`` victims with Gaussian augmentation on every set; one victim seed.
+set (the 3x3 transfer matrix) and the random +-eps baseline; ``preact_resnet29``
+victims with Gaussian augmentation on every set; one victim seed.
 Certification as the reference: 500 seeded ship test points, N0 = 100, N = 100,000,
 alpha = 0.001, sigma = the victim's training sigma (0.5 GA, 0.25 MACER and SmoothAdv).
 
