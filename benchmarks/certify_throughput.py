@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common  # benchmarks/common.py (the script's own directory is on sys.path)
 from rsp import models
 from rsp import smoothing
 
@@ -37,20 +38,6 @@ _BATCH_SIZES = flags.DEFINE_string(
 _SIGMA = flags.DEFINE_float('sigma', 0.5, 'Noise level.')
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timed calls per setting (best is kept).')
 _MATMUL_SIZE = flags.DEFINE_integer('matmul_size', 2048, 'Side of the peak-rate matmul.')
-
-
-def peak_matmul_flops(size: int, repeats: int = 5) -> float:
-  """Best float32 matmul rate through JAX, in FLOP/s."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  matmul(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * size**3 / best
 
 
 def flops_per_sample(apply_fn, variables, shape) -> float:
@@ -76,7 +63,7 @@ def main(argv):
   del argv
   batch_sizes = parse_batch_sizes(_BATCH_SIZES.value)
   load_before = os.getloadavg()[0]
-  peak = peak_matmul_flops(_MATMUL_SIZE.value)
+  peak = common.peak_matmul_flops(_MATMUL_SIZE.value)
   print(f'devices: {jax.devices()}; peak float32 matmul: {peak / 1e9:.0f} GFLOP/s; '
         f'n = {_N.value}, images per call = {_IMAGES.value}, sigma = {_SIGMA.value}')
   header = ('| model | MFLOP/sample | batch | compile s | samples/s | '

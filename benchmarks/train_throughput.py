@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common  # benchmarks/common.py (the script's own directory is on sys.path)
 from rsp import data
 from rsp import models
 from rsp import train
@@ -46,18 +47,6 @@ _STEPS = flags.DEFINE_integer('steps', None, 'Timed steps per setting (default 1
 _MAX_SECONDS = flags.DEFINE_float('max_seconds', None, 'Stop timing a setting after '
                                   'this long (at least one step; default 60, --quick 8).')
 _TRANSFER_METHODS = ('gaussian',)  # The transfer models are timed briefly.
-
-
-def peak_matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  matmul(a, a).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * size**3 / best / 1e9
 
 
 def config_for(model: str, method: str, mode: str):
@@ -96,7 +85,8 @@ def time_setting(config, steps: int, max_seconds: float) -> dict:
   state, m = step_fn(state, first, jax.random.fold_in(noise_key, 0), extra)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
-  peak = peak_matmul_gflops()  # What this machine gives us now, beside the timing.
+  # What this machine gives us now, beside the timing.
+  peak = common.peak_matmul_flops(1024) / 1e9
   t0, c0 = time.perf_counter(), time.process_time()
   done = 0
   for i, batch in enumerate(batches):
@@ -129,7 +119,7 @@ def main(argv):
   max_seconds = _MAX_SECONDS.value or (8.0 if quick else 60.0)
   names = _MODELS.value or (['lenet', 'resnet20'] if quick else list(models.MODELS))
   load_before = os.getloadavg()
-  peak = peak_matmul_gflops()
+  peak = common.peak_matmul_flops(1024) / 1e9
   print(f'devices: {jax.devices()}; jax {jax.__version__}; XLA_FLAGS='
         f'{os.environ.get("XLA_FLAGS", "")!r}')
   print(f'load average before: {load_before[0]:.2f} {load_before[1]:.2f} '
@@ -153,7 +143,8 @@ def main(argv):
             f'{100 * r["gflops"] / r["peak"]:.0f}% |', flush=True)
   load_after = os.getloadavg()
   print(f'\nload average after: {load_after[0]:.2f} {load_after[1]:.2f} '
-        f'{load_after[2]:.2f}; peak matmul after: {peak_matmul_gflops():.0f} GFLOP/s')
+        f'{load_after[2]:.2f}; peak matmul after: '
+        f'{common.peak_matmul_flops(1024) / 1e9:.0f} GFLOP/s')
 
 
 if __name__ == '__main__':

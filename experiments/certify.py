@@ -10,27 +10,19 @@ the workdir. Restarting with the same ``--workdir`` resumes the log.
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
 
-from rsp import checkpointing
+from rsp import scripts
 from rsp import smoothing
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the certification log, '
-                               'summary and figure.')
+_WORKDIR = scripts.define_flags(
+    config_help='Certification config file.',
+    workdir_help='Directory for the certification log, summary and figure.')
 _CHECKPOINT_DIR = flags.DEFINE_string('checkpoint_dir', None, 'Workdir of the trained '
                                       'model (overrides config.checkpoint_dir).')
-config_flags.DEFINE_config_file('config', None, 'Certification config file.',
-                                lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logging()
-  logging.info('JAX devices: %s', jax.devices())
+  scripts.start(argv)
   config = flags.FLAGS.config
   if _CHECKPOINT_DIR.value:
     config.checkpoint_dir = _CHECKPOINT_DIR.value

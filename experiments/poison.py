@@ -9,23 +9,17 @@ metrics and checkpoints; restarting with the same ``--workdir`` resumes.
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
 
 from rsp import attack
-from rsp import checkpointing
+from rsp import scripts
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for poisons, metrics, checkpoints.')
-config_flags.DEFINE_config_file('config', None, 'Attack config file.', lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+_WORKDIR = scripts.define_flags(
+    config_help='Attack config file.',
+    workdir_help='Directory for poisons, metrics, checkpoints.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logging()
-  logging.info('JAX devices: %s', jax.devices())
+  scripts.start(argv)
   result = attack.run_attack(flags.FLAGS.config, _WORKDIR.value)
   meta = result.metadata
   print(f'wrote {result.path}: {len(result.indices)} poisons of class '

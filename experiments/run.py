@@ -13,23 +13,17 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
 
-from rsp import checkpointing
 from rsp import protocol
+from rsp import scripts
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for poisons, victims, results.')
-config_flags.DEFINE_config_file('config', None, 'Protocol config file.', lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+_WORKDIR = scripts.define_flags(
+    config_help='Protocol config file.',
+    workdir_help='Directory for poisons, victims, results.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logging()
-  logging.info('JAX devices: %s', jax.devices())
+  scripts.start(argv)
   results = protocol.run_protocol(flags.FLAGS.config, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, 'results.md')) as f:
     print(f.read())

@@ -8,23 +8,17 @@ Restarting with the same ``--workdir`` resumes from the last checkpoint.
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
 
-from rsp import checkpointing
+from rsp import scripts
 from rsp import train
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+_WORKDIR = scripts.define_flags(
+    config_help='Training config file.',
+    workdir_help='Directory for checkpoints and metrics.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logging()
-  logging.info('JAX devices: %s', jax.devices())
+  scripts.start(argv)
   result = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
   s = result.summary
   target = s.get('target_test_accuracy')

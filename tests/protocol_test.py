@@ -324,6 +324,10 @@ def test_configs_validate_and_resolve_their_grids():
            'transfer': (protocol_transfer.get_config('small'), 3 * 5 + 5),
            'mnist_paper': (protocol_mnist_paper.get_config(None), 3 * 7 * 3 + 2 * 7 * 3),
            'cifar10_paper': (protocol_cifar10_paper.get_config(None), 3 * 5 + 5)}
+  for paper in (grids['mnist_paper'][0], grids['cifar10_paper'][0]):
+    assert (paper.certify.num_points, paper.certify.n, paper.certify.n0,
+            paper.certify.alpha, paper.certify.batch_size) == (500, 100_000, 100, 0.001,
+                                                                10_000)
   for name, (config, num_cells) in grids.items():
     protocol.validate_config(config)
     cells = protocol.resolve_cells(config)

@@ -78,6 +78,14 @@ def certify_settings(mode: str) -> ml_collections.ConfigDict:
   return c
 
 
+def paper_certify_settings() -> ml_collections.ConfigDict:
+  """The paper-scale protocols' certification: ``certify.py``'s paper mode (500 points,
+  N = 100,000) in passes of 10,000 noisy images (a GPU's, the reference's)."""
+  c = certify_settings('paper')
+  c.batch_size = 10_000  # Does not change certificates.
+  return c
+
+
 def build_config(*, name: str, dataset: str, target_class: int, eps: float,
                  attacks: Mapping[str, ml_collections.ConfigDict],
                  victims: Mapping[str, ml_collections.ConfigDict],

@@ -35,13 +35,11 @@ METHODS = ('gaussian', 'macer', 'smoothadv')
 
 def get_config(arg: str | None = None):
   protocol.parse_mode(arg, modes=('paper',), default='paper')
-  certify = protocol.certify_settings('paper')
-  certify.batch_size = 10_000  # A GPU's pass (the reference's); certificates unchanged.
   c = protocol.build_config(
       name='cifar10_paper', dataset='cifar10', target_class=8, eps=0.03,
       attacks={m: poison_cifar10.get_config(f'{m},paper') for m in METHODS},
       victims={m: train_cifar10.get_config(m) for m in METHODS},
-      certify=certify,
+      certify=protocol.paper_certify_settings(),
       poisons=('none', 'pacd', 'random'),
       archs=('resnet20', 'preact_resnet29'))
   c.other_arch_methods = ('gaussian',)

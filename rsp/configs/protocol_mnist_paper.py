@@ -35,13 +35,11 @@ METHODS = ('gaussian', 'macer', 'smoothadv')
 
 def get_config(arg: str | None = None):
   protocol.parse_mode(arg, modes=('paper',), default='paper')
-  certify = protocol.certify_settings('paper')
-  certify.batch_size = 10_000  # A GPU's pass (the reference's); certificates unchanged.
   c = protocol.build_config(
       name='mnist_paper', dataset='mnist', target_class=8, eps=0.1,
       attacks={m: poison_mnist.get_config(m) for m in METHODS},
       victims={m: train_mnist.get_config(m) for m in METHODS},
-      certify=certify,
+      certify=protocol.paper_certify_settings(),
       poisons=('none', 'pacd', 'random', 'random_zero_mean', 'no_target'),
       archs=('lenet', 'wide_cnn', 'mlp'),
       seeds=(0, 1, 2))
