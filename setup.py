@@ -47,8 +47,12 @@ setuptools.setup(
             'nbclient>=0.7',
             'nbformat>=5',
             'ipykernel>=6',
+            # tests/grid_test.py launches workers through submitit's local executor.
+            'submitit>=1.5',
         ],
         # Downloading and preparing mnist/cifar10 encodes images with TensorFlow.
         'prepare': ['tensorflow-cpu>=2.15'],
+        # rsp.grid.submit: workers on this machine or a SLURM job array (submitit).
+        'grid': ['submitit>=1.5'],
     },
 )
