@@ -222,6 +222,7 @@ class Claim:
     lost: True once a heartbeat or the release found the claim file gone or holding
       another owner's token (this worker missed its heartbeats for longer than the
       lease and was taken over).
+    released: True once :meth:`release` ran (heartbeats then do nothing).
   """
   name: str
   path: str
@@ -356,13 +357,14 @@ def _take_over(path: str, name: str, stale: os.stat_result, lease_seconds: float
   if markers is None:
     return None
   try:
+    # Opened before the stat: over NFS an open revalidates the cached attributes.
+    previous = _read_owner(path)
     try:
       now = os.stat(path)
     except FileNotFoundError:
       return None  # Released meanwhile; the caller tries a plain claim again.
-    if _identity(now) != identity or _age(now) <= lease_seconds:
+    if previous is None or _identity(now) != identity or _age(now) <= lease_seconds:
       return None  # Its owner beat again, or it is another claim by now.
-    previous = _read_owner(path) or {}
     token = secrets.token_hex(16)
     owner = _owner(name, token, lease_seconds)
     owner['took_over'] = {'identity': identity, 'age_seconds': _age(now),

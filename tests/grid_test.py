@@ -161,6 +161,21 @@ def test_dead_workers_claim_is_taken_over_and_a_live_one_is_not(tmp_path):
   assert sorted(os.listdir(os.path.dirname(new.path))) == ['a.claim']
 
 
+def test_an_empty_claim_of_a_worker_that_died_while_creating_it_is_taken_over(tmp_path):
+  """A claim file is created empty and filled at once; a worker killed in between
+  leaves it empty. Live while fresh, taken over once stale. Deterministic: cannot fail
+  by chance."""
+  workdir = str(tmp_path)
+  path = grid.claim_path(workdir, 'a')
+  os.makedirs(os.path.dirname(path))
+  open(path, 'w').close()
+  assert grid.claim(workdir, 'a', lease_seconds=LEASE) is None
+  assert grid.claim_info(workdir, 'a', lease_seconds=LEASE)['live']
+  _make_stale(path)
+  new = grid.claim(workdir, 'a', lease_seconds=LEASE)
+  assert new is not None and workdir_lib.read_json(path)['token'] == new.token
+
+
 def test_heartbeat_renews_the_lease(tmp_path):
   """The keep_alive part polls for a beat for up to 60 s (beats come every 10 ms):
   fails by chance only if this process is starved for a minute."""
