@@ -29,8 +29,11 @@ has passed its item is taken over: among the contenders for one stale claim file
 exactly one wins, by creating with ``O_EXCL`` a takeover marker named after that file's
 identity (inode and modification time); the winner checks that the claim is still that
 same stale file and replaces it by its own (write and ``os.replace``). A claim that
-beat since it was judged stale has another identity, so a slow but live worker is never
-robbed. An item is *done* when ``is_done(name)`` says so: the caller's own record (the
+beat since it was judged stale has another identity, so a worker whose heartbeat comes
+late, but before the takeover, keeps its claim; and a contender that looked at an older
+version of the file cannot replace a newer claim. (A winner killed between winning and
+installing its claim leaves a marker that blocks the item for one more lease, after
+which the next contender escalates past it.) An item is *done* when ``is_done(name)`` says so: the caller's own record (the
 protocol's ``cells/<cell>/result.json``), or this module's markers (:func:`mark_done`,
 ``WORKDIR/done/<name>.json``) when ``is_done`` is None.
 
@@ -50,7 +53,9 @@ compares a file's modification time with this host's clock; over NFS the time is
 the server and attributes may be cached for up to ``acregmax`` (60 s by default), so the
 hosts' clocks must agree (NTP) to well within the lease, and ``lease_seconds`` should
 be minutes (600 s is a good value for cells that take hours), with heartbeats every
-quarter lease. To reset every claim, stop all workers and delete ``WORKDIR/claims/``.
+quarter lease. The heartbeat thread needs the GIL now and then (JAX releases it while
+it computes). A worker killed at its time limit simply stops beating: its item is
+taken over one lease later. To reset every claim, stop all workers and delete ``WORKDIR/claims/``.
 
 Example (work stealing in one process; run it on many machines at once)::
 
