@@ -23,10 +23,6 @@ TRAIN_METHODS = robust_training.METHODS
 ATTACK_METHODS = tuple(m for m in TRAIN_METHODS if m != 'standard')
 
 
-def _accepted(choices: tuple[str, ...]) -> str:
-  return ', '.join(choices)
-
-
 def parse_arg(arg: str | None, *, methods: tuple[str, ...],
               modes: tuple[str, ...] = MODES, default_method: str = 'gaussian',
               default_mode: str = 'paper') -> tuple[str, str]:
@@ -50,20 +46,17 @@ def parse_arg(arg: str | None, *, methods: tuple[str, ...],
       a method nor a mode, or ``arg`` names two methods or two modes.
   """
   method = mode = None
-  for part in (p.strip() for p in (arg or '').split(',')):
-    if not part:
-      continue
+  for part in filter(None, (p.strip() for p in (arg or '').split(','))):
     if part in methods and method is None:
       method = part
     elif part in modes and mode is None:
       mode = part
     else:
-      problem = (f'names a second {"method" if part in methods else "mode"}'
-                 if part in methods or part in modes else
+      kind = 'method' if part in methods else 'mode' if part in modes else ''
+      problem = (f'names a second {kind}' if kind else
                  f'has {part!r}, neither a method nor a mode')
-      raise ValueError(f'config argument {arg!r} {problem}; accepted: METHOD[,MODE] '
-                       f'with METHOD in {_accepted(methods)} and MODE in '
-                       f'{_accepted(modes)}.')
+      raise ValueError(f'config argument {arg!r} {problem}; accepted: METHOD[,MODE] with '
+                       f'METHOD in {", ".join(methods)} and MODE in {", ".join(modes)}.')
   return method or default_method, mode or default_mode
 
 
@@ -85,7 +78,7 @@ def parse_mode(arg: str | None, *, modes: tuple[str, ...] = MODES,
   mode = (arg or '').strip() or default
   if mode not in modes:
     raise ValueError(f'config argument {arg!r} is not a mode; accepted: '
-                     f'{_accepted(modes)}.')
+                     f'{", ".join(modes)}.')
   return mode
 
 
@@ -166,9 +159,9 @@ def attack_base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# The tiny mode of each kind of config: a few steps on a few points, logged at every
-# step. The values are the MNIST files'; a file whose data or model needs others sets
-# them after ``shrink_to_tiny``.
+# The tiny mode of each kind of config: a few steps on a few points. The values are the
+# MNIST files'; a file whose data or model needs others sets them after
+# ``shrink_to_tiny``.
 _TINY_TRAIN = dict(num_epochs=2, batch_size=16, train_subset=64, eval_batch_size=256,
                    log_every_steps=1)
 _TINY_ATTACK = dict(clean_batch_size=16, poison_batch_size=4, val_batch_size=4,
@@ -176,17 +169,10 @@ _TINY_ATTACK = dict(clean_batch_size=16, poison_batch_size=4, val_batch_size=4,
                     reinit_every_epochs=1, log_every_steps=1)
 _TINY_CERTIFY = dict(num_points=4, n0=16, n=64, batch_size=64)
 # Protocol victims are larger than the training configs' tiny ones: 800 training points
-# (about 80 of the target class) at a larger learning rate give victims that certify
-# some points.
+# (about 80 of the target class, drawn after poisoning) at a larger learning rate give
+# victims that certify some points.
 _TINY_VICTIM = dict(train_subset=800, batch_size=100, num_epochs=1, learning_rate=3e-3,
                     log_every_steps=4)
-
-
-def _shrink_train(c: ml_collections.ConfigDict) -> None:
-  c.update(_TINY_TRAIN)
-  if 'num_noise' in c.loss:
-    c.loss.num_noise = min(c.loss.num_noise, 2)  # MACER's k.
-  c.smoothadv_warmup_epochs = min(c.smoothadv_warmup_epochs, 1)
 
 
 def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
@@ -221,7 +207,10 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     a.update(_TINY_ATTACK)
     a.inner_steps = min(a.inner_steps, 2)
   elif 'loss' in config:
-    _shrink_train(config)
+    config.update(_TINY_TRAIN)
+    if 'num_noise' in config.loss:
+      config.loss.num_noise = min(config.loss.num_noise, 2)  # MACER's k.
+    config.smoothadv_warmup_epochs = min(config.smoothadv_warmup_epochs, 1)
   elif 'n0' in config:
     config.update(_TINY_CERTIFY)
   else:
