@@ -28,11 +28,12 @@ drawn; then either
   through (``rsp.bilevel.unrolled_hypergrad``), the final weights kept as the next warm
   start;
 
-then one step of the poisons' optimiser (per-poison Adam with learning rate ``lr_u``, or a
-signed step) and the projection onto the eps ball and [0, 1]. The surrogate, solver and
-optimiser states are re-initialised every ``reinit_every_epochs`` epochs; the poisons
-persist. A non-finite objective, inner loss or hypergradient skips the poison update and
-re-initialises the surrogate (logged and counted): no NaN ever reaches a poison.
+then one step of the poisons' optimiser (per-poison Adam with learning rate
+``poison_learning_rate``, or a signed step) and the projection onto the eps ball and
+[0, 1]. The surrogate, solver and optimiser states are re-initialised every
+``reinit_every_epochs`` epochs; the poisons persist. A non-finite objective, inner loss
+or hypergradient skips the poison update and re-initialises the surrogate (logged and
+counted): no NaN ever reaches a poison.
 
 Decisions on the reference code's quirks (SPEC.md section G), documented here once:
 
@@ -78,6 +79,10 @@ MODES = ('implicit', 'unrolled')
 SOLVERS = ('approxgrad', 'cg', 'neumann', 'identity')
 INNER_METHODS = ('gaussian', 'macer', 'smoothadv')
 POISON_OPTIMIZERS = ('adam', 'sign')
+# Old names of the learning rates of the poisons u, the surrogate's weights v and
+# ApproxGrad's p, refused with the new name.
+_RENAMED_FIELDS = {'lr_u': 'poison_learning_rate', 'lr_v': 'inner_learning_rate',
+                   'lr_p': 'solver_learning_rate'}
 
 
 # ------------------------------------------------------------------------------------
@@ -182,7 +187,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
   a = config.attack
   method = a.method
   loss = inner_loss_fn(method, a.inner)
-  inner_tx = optax.adam(a.lr_v, eps_root=1e-12 if a.mode == 'unrolled' else 0.0)
+  inner_tx = optax.adam(a.inner_learning_rate,
+                        eps_root=1e-12 if a.mode == 'unrolled' else 0.0)
   target = int(config.target_class)
   eps = float(config.eps)
   augment = bool(a.get('augment', False))
@@ -239,7 +245,7 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
       hyper_inner = lambda w, u, st: inner_fn(w, u, st, a.inner_steps)
       grad_u, aux = bilevel.implicit_hypergrad(
           outer_fn, hyper_inner, params, poisons, method=a.solver, damping=a.damping,
-          maxiter=a.solver_steps, learning_rate=a.lr_p, init=solution,
+          maxiter=a.solver_steps, learning_rate=a.solver_learning_rate, init=solution,
           solver_state=solver_state, has_aux=True, state=state, return_aux=True,
           unroll=bool(a.get('unroll', True)))
       solution, solver_state = aux.solution, aux.solver_state
@@ -268,7 +274,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
       update = (m / (1 - b1 ** t)) / (jnp.sqrt(v / (1 - b2 ** t)) + 1e-8)
     else:
       update = jnp.sign(grad_u)
-    new_poisons = project_linf(poisons - a.lr_u * update, clean_of_poisons, eps)
+    new_poisons = project_linf(poisons - a.poison_learning_rate * update, clean_of_poisons,
+                               eps)
     new_poisons = jnp.where(finite, new_poisons, poisons)
     metrics = {
         'outer_objective': objective, 'inner_loss': inner_loss,
@@ -334,9 +341,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_ints('config.attack.', a, (
       'clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
       'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'))
-  for name in ('lr_u', 'lr_v', 'lr_p'):
-    if a.get(name) <= 0:
-      raise ValueError(f'config.attack.{name}={a.get(name)} must be > 0.')
+  for old, name in _RENAMED_FIELDS.items():
+    if old in a:
+      raise ValueError(f'config.attack.{old} is now called config.attack.{name}.')
+  for name in _RENAMED_FIELDS.values():
+    value = a.get(name)
+    if not (validation.is_int(value) or isinstance(value, float)) or value <= 0:
+      raise ValueError(f'config.attack.{name}={value!r} must be a number > 0.')
   if a.damping < 0:
     raise ValueError(f'config.attack.damping={a.damping} must be >= 0.')
   if not 0 <= a.alpha < 0.5:
@@ -396,7 +407,7 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
     params, state = models.split_variables(
         models.init_model(jax.random.fold_in(init_key, cycle), model, info['shape']))
     solution = jax.tree.map(jnp.zeros_like, params)
-    solver_state = optax.adam(a.lr_p).init(params)
+    solver_state = optax.adam(a.solver_learning_rate).init(params)
     return (params, state, inner_tx.init(params), solution, solver_state)
 
   def fresh_moments():

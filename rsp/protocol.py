@@ -6,7 +6,7 @@ For one protocol config (``rsp/configs/protocol*.py``) it
 1. loads the data once and draws the certified points: a seeded subset of the target
    class's test points (and optionally of all test points), the same for every victim;
 2. makes the poison sets: PACD (Mehra et al. 2021) against each attack method in
-   ``config.attack_methods`` with its nested attack config (``rsp.attack.pacd``), or the
+   ``config.crafted_against`` with its nested attack config (``rsp.attack.pacd``), or the
    file ``config.poison_file``; and the baselines on the same points, each within the
    same L-inf ball of radius eps:
 
@@ -170,13 +170,13 @@ def _poison_file_method(config: ml_collections.ConfigDict) -> str:
   return str(meta.get('method') or 'file')
 
 
-def attack_methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The attacks whose PACD poisons the victims train on ('pacd' cells)."""
-  if 'pacd' not in _names(config.poisons, 'poisons'):
+def crafted_against(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The training methods whose PACD poisons the victims train on ('pacd' cells)."""
+  if 'pacd' not in _names(config.poison_kinds, 'poison_kinds'):
     return ()
   if config.get('poison_file'):
     return (_poison_file_method(config),)
-  return _names(config.attack_methods, 'attack_methods')
+  return _names(config.crafted_against, 'crafted_against')
 
 
 def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
@@ -184,17 +184,18 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
 
   Every training method x training set x seed on ``config.archs[0]``; the other
   architectures with the methods in ``config.other_arch_methods`` (all if empty).
-  Training sets: each of ``config.poisons``, with 'pacd' once per attack method.
+  Training sets: each of ``config.poison_kinds``, with 'pacd' once per method in
+  ``config.crafted_against``.
   """
   methods = _names(config.train_methods, 'train_methods')
   other = _names(config.other_arch_methods, 'other_arch_methods') or methods
-  attacks = attack_methods(config)
+  attacks = crafted_against(config)
   cells = []
   for a, arch in enumerate(_names(config.archs, 'archs')):
     for method in methods:
       if a > 0 and method not in other:
         continue
-      for poison in _names(config.poisons, 'poisons'):
+      for poison in _names(config.poison_kinds, 'poison_kinds'):
         for attack in (attacks if poison == 'pacd' else ('',)):
           for seed in _seeds(config.seeds):
             cells.append(Cell(method, arch, poison, attack, seed))
@@ -211,7 +212,7 @@ def attack_config(config: ml_collections.ConfigDict, method: str
   """The nested attack config ``config.attacks[method]`` with the protocol's data,
   target class and eps."""
   if method not in config.attacks:
-    raise ValueError(f'config.attack_methods names {method!r} but config.attacks has no '
+    raise ValueError(f'config.crafted_against names {method!r} but config.attacks has no '
                      f'such entry; it has {sorted(config.attacks)}.')
   c = _copy(config.attacks[method])
   c.dataset = config.dataset
@@ -269,14 +270,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'[0, {info["num_classes"]}).')
   if not 0 < config.eps <= 1:
     raise ValueError(f'config.eps={config.eps} must be in (0, 1].')
-  poisons = _names(config.poisons, 'poisons')
+  poisons = _names(config.poison_kinds, 'poison_kinds')
   unknown = [p for p in poisons if p not in POISONS]
   if unknown:
-    raise ValueError(f'config.poisons={config.poisons!r} has unknown {unknown}; accepted: '
-                     f'{", ".join(POISONS)}.')
+    raise ValueError(f'config.poison_kinds={config.poison_kinds!r} has unknown {unknown}; '
+                     f'accepted: {", ".join(POISONS)}.')
   if 'none' not in poisons:
-    raise ValueError(f"config.poisons={config.poisons!r} must include 'none': the ACR "
-                     'drops are measured against the clean victims.')
+    raise ValueError(f"config.poison_kinds={config.poison_kinds!r} must include 'none': "
+                     'the ACR drops are measured against the clean victims.')
   archs = _names(config.archs, 'archs')
   if not archs:
     raise ValueError('config.archs is empty; name at least one victim architecture.')
@@ -318,10 +319,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'config.poison_file={config.poison_file!r} has eps='
                          f'{meta["eps"]}, beyond config.eps={config.eps}.')
     else:
-      if not attack_methods(config):
-        raise ValueError("config.poisons has 'pacd' but config.attack_methods is empty "
-                         'and config.poison_file is unset.')
-      for method in attack_methods(config):
+      if not crafted_against(config):
+        raise ValueError("config.poison_kinds has 'pacd' but config.crafted_against is "
+                         'empty and config.poison_file is unset.')
+      for method in crafted_against(config):
         attack_lib.validate_config(attack_config(config, method))
 
 
@@ -401,8 +402,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, cells: Sequen
   mix numbers made under different settings.
   """
   problems = []
-  if 'pacd' in _names(config.poisons, 'poisons') and not config.get('poison_file'):
-    for method in attack_methods(config):
+  if 'pacd' in _names(config.poison_kinds, 'poison_kinds') and not config.get('poison_file'):
+    for method in crafted_against(config):
       path = os.path.join(workdir, 'poisons', f'pacd_{method}', 'config.json')
       if os.path.isfile(path):
         before = metrics.read_json(path)
@@ -412,7 +413,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, cells: Sequen
           problems.append(f'poisons/pacd_{method}: {"; ".join(diff[:3])}')
   for poison in RANDOM_BASELINES:
     path = os.path.join(workdir, 'poisons', f'{poison}.npz')
-    if poison in _names(config.poisons, 'poisons') and os.path.isfile(path):
+    if poison in _names(config.poison_kinds, 'poison_kinds') and os.path.isfile(path):
       meta = data_lib.load_poisons(path)['metadata']
       diff = _differences(_plain(meta.get('spec')), _baseline_spec(config, poison))
       if diff:
@@ -476,13 +477,13 @@ def make_poison_sets(config: ml_collections.ConfigDict,
   """
   train = splits['train']
   out = {}
-  poisons = _names(config.poisons, 'poisons')
+  poisons = _names(config.poison_kinds, 'poison_kinds')
   if 'pacd' in poisons:
     if config.get('poison_file'):
       method = _poison_file_method(config)
       out[f'pacd_{method}'] = _load_poison_set(f'pacd_{method}', 'pacd', method,
                                                config.poison_file, train)
-    for method in ([] if config.get('poison_file') else attack_methods(config)):
+    for method in ([] if config.get('poison_file') else crafted_against(config)):
       attack_dir = os.path.join(workdir, 'poisons', f'pacd_{method}')
       path = os.path.join(attack_dir, 'poisons.npz')
       if not os.path.isfile(path):  # pacd writes it last: its presence means done.

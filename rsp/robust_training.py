@@ -30,6 +30,7 @@ The differentiable soft-smoothing pieces (``soft_smoothed_probs``,
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -312,7 +313,6 @@ def get_loss(name: str, **hparams: Any) -> Callable[..., Any]:
   fn = LOSSES[name]
   if not hparams:
     return fn
-  import inspect  # pylint: disable=g-import-not-at-top
   accepted = [p for p in inspect.signature(fn).parameters
               if p not in ('params', 'state', 'batch', 'key', 'apply_fn')]
   unknown = sorted(set(hparams) - set(accepted))
@@ -321,6 +321,37 @@ def get_loss(name: str, **hparams: Any) -> Callable[..., Any]:
                      f'{accepted}.')
   validate_hparams(name, **hparams)
   return functools.partial(fn, **hparams)
+
+
+def loss_defaults(name: str, *hparams: str) -> dict[str, Any]:
+  """The default hyperparameters of training method ``name``'s loss.
+
+  The keyword defaults of the loss function (MACER's are Zhai et al.'s CIFAR-10 settings,
+  which the PACD reference code uses too); configs take the constants that equal them
+  from here instead of restating them. ``train`` (the model's mode, not a
+  hyperparameter) is left out.
+
+  Example: ``loss_defaults('macer', 'gamma', 'beta')`` is ``{'gamma': 8.0,
+  'beta': 16.0}``.
+
+  Args:
+    name: one of ``METHODS``.
+    *hparams: the hyperparameters to return; all of them if none is named.
+
+  Returns:
+    ``{hyperparameter: default value}``, in the loss's argument order.
+  """
+  if name not in LOSSES:
+    raise ValueError(f'method={name!r} is not known; accepted: {", ".join(METHODS)}.')
+  defaults = {p.name: p.default
+              for p in inspect.signature(LOSSES[name]).parameters.values()
+              if p.kind == p.KEYWORD_ONLY and p.default is not p.empty and
+              p.name != 'train'}
+  unknown = [h for h in hparams if h not in defaults]
+  if unknown:
+    raise ValueError(f'{name} loss has no hyperparameter(s) {unknown}; accepted: '
+                     f'{list(defaults)}.')
+  return {h: defaults[h] for h in (hparams or defaults)}
 
 
 def validate_hparams(name: str, **hparams: Any) -> None:

@@ -94,7 +94,8 @@ def test_validate_config_rejects_bad_top_level(bad, match):
 @pytest.mark.parametrize('bad,match', [
     (dict(method='trades'), 'method'), (dict(mode='forward'), 'mode'),
     (dict(solver='lu'), 'solver'), (dict(sigma=-1.0), 'sigma'),
-    (dict(lr_u=0.0), 'lr_u'), (dict(inner_steps=0), 'inner_steps'),
+    (dict(poison_learning_rate=0.0), 'poison_learning_rate'),
+    (dict(inner_steps=0), 'inner_steps'),
     (dict(poison_optimizer='rmsprop'), 'poison_optimizer'),
 ])
 def test_validate_config_rejects_bad_attack_fields(bad, match, tmp_path):

@@ -21,6 +21,7 @@ from rsp import plotting
 from rsp import protocol
 from rsp import smoothing
 from rsp import train
+from rsp.configs import common
 from rsp.configs import protocol as protocol_config
 from rsp.configs import protocol_cifar10_paper
 from rsp.configs import protocol_mnist_paper
@@ -202,12 +203,12 @@ def _set(config, path, value):
 
 
 @pytest.mark.parametrize('path,value,match', [
-    ('poisons', ('pacd', 'random'), "must include 'none'"),
-    ('poisons', ('none', 'backdoor'), 'unknown'),
+    ('poison_kinds', ('pacd', 'random'), "must include 'none'"),
+    ('poison_kinds', ('none', 'backdoor'), 'unknown'),
     ('archs', ('resnet20',), 'takes images of shape'),
     ('archs', ('transformer',), 'not known'),
     ('train_methods', ('gaussian', 'macer'), 'config.victims has no such entry'),
-    ('attack_methods', ('smoothadv',), 'config.attacks has no such entry'),
+    ('crafted_against', ('smoothadv',), 'config.attacks has no such entry'),
     ('other_arch_methods', ('macer',), 'subset of config.train_methods'),
     ('seeds', (0, 0), 'distinct'),
     ('seeds', (), 'at least one'),
@@ -335,13 +336,13 @@ def test_configs_validate_and_resolve_their_grids():
     assert len({c.name for c in cells}) == num_cells
   transfer = protocol.resolve_cells(protocol_transfer.get_config('small'))
   assert {(c.attack, c.train_method) for c in transfer if c.arch == 'lenet' and
-          c.poison == 'pacd'} == {(a, m) for a in protocol_transfer.METHODS
-                                  for m in protocol_transfer.METHODS}
+          c.poison == 'pacd'} == {(a, m) for a in common.ATTACK_METHODS
+                                  for m in common.ATTACK_METHODS}
   assert {c.train_method for c in transfer if c.arch != 'lenet'} == {'gaussian'}
   # Comma-separated command-line values are split.
   config = protocol_config.get_config('tiny')
   config.seeds = (0, 1)
-  config.poisons = ('none,random',)
+  config.poison_kinds = ('none,random',)
   assert [c.name for c in protocol.resolve_cells(config)] == [
       'gaussian-lenet-none-seed0', 'gaussian-lenet-none-seed1',
       'gaussian-lenet-random-seed0', 'gaussian-lenet-random-seed1']

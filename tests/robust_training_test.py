@@ -329,6 +329,22 @@ def test_get_loss_registry():
   assert isinstance(bound, functools.partial) and bound.keywords == {'sigma': 0.25}
 
 
+def test_loss_defaults():
+  # Zhai et al.'s CIFAR-10 MACER settings, which the reference PACD code uses too.
+  assert rt.loss_defaults('macer') == dict(sigma=0.25, num_noise=16, lbd=12.0, gamma=8.0,
+                                           beta=16.0, alpha=1e-3)
+  assert rt.loss_defaults('macer', 'beta', 'gamma') == dict(beta=16.0, gamma=8.0)
+  assert rt.loss_defaults('standard') == {}
+  assert list(rt.loss_defaults('smoothadv')) == ['sigma', 'num_noise', 'epsilon',
+                                                 'num_steps', 'pgd', 'clip']
+  for method in rt.METHODS:  # Every default passes the loss's own checks.
+    rt.get_loss(method, **rt.loss_defaults(method))
+  with pytest.raises(ValueError, match=r"macer loss has no hyperparameter\(s\) \['train'\]"):
+    rt.loss_defaults('macer', 'train')
+  with pytest.raises(ValueError, match="method='trades' is not known"):
+    rt.loss_defaults('trades')
+
+
 @pytest.mark.parametrize('method,hparams,match', [
     ('gaussian', dict(sigma=-0.1), 'sigma=-0.1 is invalid; accepted: sigma >= 0'),
     ('smoothadv', dict(sigma=-1.0), 'sigma'),

@@ -19,7 +19,6 @@ from rsp import models
 from rsp import robust_training
 from rsp import train
 from rsp.configs import train_cifar10
-from rsp.configs import train_common
 from rsp.configs import train_mnist
 
 # Compiling dominates these tests; XLA's optimisations buy nothing at these sizes.
@@ -217,15 +216,6 @@ def test_bad_splits_raise(tmp_path):
     train.train(config, {'train': good, 'test': dict(good, label=good['label'] + 10)},
                 str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
-
-
-def test_config_arguments():
-  assert train_common.parse_arg('macer,small') == ('macer', 'small')
-  assert train_common.parse_arg('tiny') == ('gaussian', 'tiny')
-  assert train_common.parse_arg(None) == ('gaussian', 'paper')
-  with pytest.raises(ValueError, match="'fast' is neither a method"):
-    train_common.parse_arg('macer,fast')
-  assert train_common.METHODS == robust_training.METHODS
 
 
 def test_smoothadv_warmup_and_augmentation():

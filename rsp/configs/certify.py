@@ -1,4 +1,4 @@
-r"""Certifying a trained model with Cohen's CERTIFY (SPEC.md "Certification").
+r"""Certifying a trained model with Cohen's CERTIFY.
 
 Argument: MODE in paper (default) | small | tiny.
 
@@ -8,7 +8,7 @@ Argument: MODE in paper (default) | small | tiny.
   about 18,000 LeNet and 850 ResNet-20 noisy samples/s): about 6 s per LeNet point
   (50 min for 500) and 2 min per ResNet-20 point (16 h for 500); use a GPU for CIFAR-10.
   Expected result for LeNet trained with Gaussian augmentation (sigma 0.5) on the
-  embedded MNIST data: target-class ACR about 1.2 (FINDINGS.md).
+  embedded MNIST data: target-class ACR about 1.2.
 * small: N = 10,000 on 100 target-class points: about 1 min for LeNet on 2 CPU cores.
 * tiny: 4 points, N = 64, for tests (seconds).
 
@@ -24,14 +24,11 @@ Certify a second model on exactly the same points (and the same noise draws) wit
 
 import ml_collections
 
-MODES = ('paper', 'small', 'tiny')
+from rsp.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = (arg or 'paper').strip() or 'paper'
-  if mode not in MODES:
-    raise ValueError(f'config argument {arg!r} is not a mode; accepted: '
-                     f'{", ".join(MODES)}.')
+  mode = common.parse_mode(arg)
   c = ml_collections.ConfigDict()
   c.checkpoint_dir = ''    # Workdir of experiments/train.py holding the model.
   c.dataset = ''           # '' = the data set the model was trained on.
@@ -54,8 +51,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.n = 10_000
     c.num_points = 100
   elif mode == 'tiny':
-    c.num_points = 4
-    c.n0 = 16
-    c.n = 64
-    c.batch_size = 64
+    common.shrink_to_tiny(c)
   return c

@@ -1,16 +1,18 @@
-"""PACD against a LeNet on MNIST (SPEC.md sections B, C: the reference's constants).
+"""PACD against a LeNet on MNIST with the reference code's constants.
 
 Argument: ``METHOD[,MODE]``, METHOD in gaussian | macer | smoothadv (the victim's
 training method the poisons target; default gaussian), MODE in paper | small | tiny.
 
 * paper: full MNIST (TFDS), target 8, eps 0.1; B_c/B_p/B_v 900/100/100; ApproxGrad with
-  niter1/niter2 10/10 (SmoothAdv 1/10), lr_v 1e-3, lr_p 1e-2 (MACER 1e-4, SmoothAdv
-  1e-3), lr_u 0.1, sig 1e-3; 50 epochs (SmoothAdv 100) of 61 steps, re-initialised every
-  10 (SmoothAdv 20). Outer: k 20, beta 16, alpha 1e-3 (SmoothAdv 1e-4), sigma 0.5 (GA)
+  niter1/niter2 10/10 (SmoothAdv 1/10); learning rates of the surrogate's weights v
+  (``inner_learning_rate``) 1e-3, of ApproxGrad's p (``solver_learning_rate``) 1e-2
+  (MACER 1e-4, SmoothAdv 1e-3) and of the poisons u (``poison_learning_rate``) 0.1;
+  sig 1e-3; 50 epochs (SmoothAdv 100) of 61 steps, re-initialised every 10 (SmoothAdv
+  20). Outer: k 20, beta 16, alpha 1e-3 (SmoothAdv 1e-4), sigma 0.5 (GA)
   or 0.75 (MACER, SmoothAdv). Needs a GPU: an estimated 1-3 h.
 * small: the embedded MNIST subset (350 poisons), 220 outer steps with gradient
-  alignment ('identity' solver): 3 min 48 s to 4 min 30 s on a quiet 2-core CPU
-  (measured for each method). Against Gaussian augmentation (sigma 0.5) it lowered a
+  alignment ('identity' solver): 3 min 48 s to 4 min 30 s on an otherwise idle 2-core
+  CPU (measured for each method). Against Gaussian augmentation (sigma 0.5) it lowered a
   40-epoch LeNet victim's class-8 ACR from 1.299 to 0.498 (-62%); the MACER and
   SmoothAdv attacks lowered their own victims' by 17% and 36% (README: the tables).
 * tiny: a few steps with a small MLP surrogate, for tests.
@@ -21,12 +23,13 @@ Command::
         --workdir=/tmp/rsp/poison_mnist_gaussian
 """
 
-from rsp.configs import poison_common
+from rsp import robust_training
+from rsp.configs import common
 
 
 def get_config(arg: str | None = None):
-  method, mode = poison_common.parse_arg(arg)
-  c = poison_common.base_config()
+  method, mode = common.parse_arg(arg, methods=common.ATTACK_METHODS)
+  c = common.attack_base_config()
   c.dataset = 'mnist'
   c.model = 'lenet'
   c.eps = 0.1
@@ -35,32 +38,30 @@ def get_config(arg: str | None = None):
   if method == 'gaussian':
     a.sigma = 0.5
     a.inner.sigma = 0.5
-    a.lr_p = 1e-2
+    a.solver_learning_rate = 1e-2
   elif method == 'macer':
     a.sigma = 0.75
     a.inner.sigma = 0.75
-    a.inner.num_noise = 1   # The attack's k_in, lambda (victims use 16, 16).
+    a.inner.num_noise = 1   # The attack's k_in and lambda (victims use 16, 16).
     a.inner.lbd = 1.0
-    a.inner.gamma = 8.0
-    a.inner.beta = 16.0
-    a.inner.alpha = 1e-3
-    a.lr_p = 1e-4
+    a.inner.update(robust_training.loss_defaults('macer', 'gamma', 'beta', 'alpha'))
+    a.solver_learning_rate = 1e-4
   else:
     a.sigma = 0.75
     a.alpha = 1e-4
     a.inner.sigma = 0.75
-    a.inner.epsilon = 1.0
-    a.inner.num_steps = 2
-    a.inner.pgd = 'adam'
+    a.inner.update(robust_training.loss_defaults('smoothadv', 'epsilon', 'num_steps'))
+    a.inner.pgd = 'adam'  # The reference's Adam-based "PGD", not Salman et al.'s.
     a.inner_steps = 1
-    a.lr_p = 1e-3
+    a.solver_learning_rate = 1e-3
     a.num_epochs = 100
     a.reinit_every_epochs = 20
 
   if mode == 'small':
     # Tuned for a 2-core CPU: 220 outer steps of 140 clean points and 60 poisons (each of
     # the 350 poisons is updated about 38 times), gradient alignment instead of a linear
-    # solve (FINDINGS.md: as effective as ApproxGrad here, at a fraction of the cost).
+    # solve: measured as effective as ApproxGrad on this problem, at a fraction of the
+    # cost.
     c.dataset = 'mnist_embedded'
     a.clean_batch_size = 140
     a.poison_batch_size = 60
@@ -72,18 +73,9 @@ def get_config(arg: str | None = None):
     a.reinit_every_epochs = 5
     a.log_every_steps = 20
   elif mode == 'tiny':
+    common.shrink_to_tiny(c)
     c.dataset = 'mnist_embedded'
     c.model = 'mlp'  # A small surrogate: tests compile in seconds.
     c.model_kwargs.hidden = (32,)
-    a.lr_v = 1e-2  # So that the surrogate classifies some 8s after a few steps.
-    a.clean_batch_size = 16
-    a.poison_batch_size = 4
-    a.val_batch_size = 4
-    a.outer_num_noise = 2
-    a.inner_steps = 2 if method != 'smoothadv' else 1
-    a.solver_steps = 2
-    a.num_epochs = 2
-    a.steps_per_epoch = 2
-    a.reinit_every_epochs = 1
-    a.log_every_steps = 1
+    a.inner_learning_rate = 1e-2  # So that the surrogate classifies some 8s soon.
   return c

@@ -10,7 +10,7 @@ augmentation on
 * ``none``: the clean training set;
 * ``pacd``: the PACD-poisoned set;
 * ``random``: the same points with uniformly random +-eps sign noise (clipped to [0, 1]:
-  on MNIST's black background a one-sided brightening, FINDINGS.md);
+  on MNIST's black background a one-sided brightening);
 * ``no_target``: the clean set with the target class left out (how far deleting the
   class would go; a clean-label attacker cannot do this),
 
@@ -20,10 +20,10 @@ each certified with Cohen's CERTIFY on the same 100 class-8 test points (seeded)
 small')``: tune them there (or override ``--config.attacks.gaussian.attack.num_epochs``,
 ``--config.victims.gaussian.num_epochs``).
 
-* small: 11 min 12 s on a quiet 2-core CPU (measured 2026-11-24: the attack 4 min,
-  each victim's training and certification about 2 min). Measured result: class-8 ACR
-  1.299 (clean), 0.498 (PACD, -61.6%), 0.979 (random, -24.6%), clean accuracy 0.974 /
-  0.967 / 0.973; the table is in the README.
+* small: 11 min 12 s on an otherwise idle 2-core CPU (measured 2026-11-24: the attack
+  4 min, each victim's training and certification about 2 min). Measured result:
+  class-8 ACR 1.299 (clean), 0.498 (PACD, -61.6%), 0.979 (random, -24.6%), clean
+  accuracy 0.974 / 0.967 / 0.973; the table is in the README.
 * tiny: seconds of work per stage, for tests and the notebook's test.
 
 Command::
@@ -46,20 +46,9 @@ from typing import Mapping
 import ml_collections
 
 from rsp.configs import certify as certify_config
+from rsp.configs import common
 from rsp.configs import poison_mnist
 from rsp.configs import train_mnist
-
-MODES = ('small', 'tiny')
-
-
-def parse_mode(arg: str | None, modes: tuple[str, ...] = MODES,
-               default: str = 'small') -> str:
-  """``'tiny'`` -> ``'tiny'``; '' or None -> ``default``; anything else raises."""
-  mode = (arg or '').strip() or default
-  if mode not in modes:
-    raise ValueError(f'config argument {arg!r} is not a mode; accepted: '
-                     f'{", ".join(modes)}.')
-  return mode
 
 
 def certify_settings(mode: str) -> ml_collections.ConfigDict:
@@ -90,7 +79,7 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
                  attacks: Mapping[str, ml_collections.ConfigDict],
                  victims: Mapping[str, ml_collections.ConfigDict],
                  certify: ml_collections.ConfigDict,
-                 poisons: tuple[str, ...] = ('none', 'pacd', 'random', 'no_target'),
+                 poison_kinds: tuple[str, ...] = ('none', 'pacd', 'random', 'no_target'),
                  archs: tuple[str, ...] = ('lenet',),
                  seeds: tuple[int, ...] = (0,)) -> ml_collections.ConfigDict:
   """A protocol config; every protocol file calls this (fields documented inline).
@@ -111,9 +100,10 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   # clipped), 'random_uniform' (U[-eps, eps], clipped), 'random_zero_mean' (+-eps sign
   # noise on the pixels in [eps, 1 - eps] only: no clipping, zero mean), 'no_target'
   # (the target class left out). 'none' is required: drops are measured against it.
-  c.poisons = tuple(poisons)
+  c.poison_kinds = tuple(poison_kinds)
   c.poison_file = ''       # Use this poison file for 'pacd' instead of running PACD.
-  c.attack_methods = tuple(attacks)  # Which of c.attacks to run (keys).
+  # The training methods the PACD poisons are crafted against: which of c.attacks to run.
+  c.crafted_against = tuple(attacks)
   c.attacks = ml_collections.ConfigDict({k: v for k, v in attacks.items()})
   c.train_methods = tuple(victims)   # Which of c.victims to train (keys).
   c.victims = ml_collections.ConfigDict({k: v for k, v in victims.items()})
@@ -127,7 +117,7 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = parse_mode(arg)
+  mode = common.parse_mode(arg, modes=common.CPU_MODES, default='small')
   c = build_config(
       name=f'mnist_gaussian_{mode}', dataset='mnist_embedded', target_class=8, eps=0.1,
       attacks={'gaussian': poison_mnist.get_config(f'gaussian,{mode}')},
@@ -135,17 +125,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       certify=certify_settings(mode))
   if mode == 'small':
     # 'no_target' (ACR about 0 by construction) is left out of the default run: one
-    # victim fewer keeps it within its CPU budget; add it with --config.poisons=...
-    c.poisons = ('none', 'pacd', 'random')
+    # victim fewer keeps it within its CPU budget; add it with --config.poison_kinds=...
+    c.poison_kinds = ('none', 'pacd', 'random')
   if mode == 'tiny':
-    # 800 training points (about 80 of the target class, drawn after poisoning) for 24
-    # steps at a larger learning rate: victims that certify some points; several epochs
-    # so that an interrupted victim resumes from a checkpoint.
-    c.victims.gaussian.train_subset = 800
-    c.victims.gaussian.batch_size = 100
+    common.shrink_to_tiny(c)
+    # 3 epochs (24 steps) so that the tests can interrupt a victim and resume it from a
+    # checkpoint; the certification of some points of all classes is tested too.
     c.victims.gaussian.num_epochs = 3
-    c.victims.gaussian.learning_rate = 3e-3
-    c.victims.gaussian.log_every_steps = 4
     c.certify.all_classes_points = 6
-    c.num_figure_images = 4
   return c

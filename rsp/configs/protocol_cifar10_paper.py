@@ -1,10 +1,10 @@
-r"""The paper-scale CIFAR-10 protocol (SPEC.md sections A-D): target 8 (ship), eps 0.03.
+r"""The paper-scale CIFAR-10 protocol: target 8 (ship), eps 0.03.
 
 PACD against each of Gaussian augmentation, MACER and SmoothAdv with the reference
-code's CIFAR constants (``poison_cifar10.get_config('METHOD,paper')``, SPEC.md B and C:
-ResNet-20 surrogate with frozen BatchNorm, B_c/B_p/B_v 180/20/20, k 5, ApproxGrad 10/10
-steps (SmoothAdv 1/10), crop+flip for GA and MACER), all 4.5k ship training images
-poisoned; ResNet-20 victims trained from scratch with each method
+code's CIFAR constants (``poison_cifar10.get_config('METHOD,paper')``: ResNet-20
+surrogate with frozen BatchNorm, B_c/B_p/B_v 180/20/20, k 5, ApproxGrad 10/10 steps
+(SmoothAdv 1/10), crop+flip for GA and MACER), all 4.5k ship training images poisoned;
+ResNet-20 victims trained from scratch with each method
 (``train_cifar10.get_config('METHOD')``: 201/101/101 epochs) on the clean set, each PACD
 set (the 3x3 transfer matrix) and the random +-eps baseline; ``preact_resnet29``
 victims with Gaussian augmentation on every set; one victim seed.
@@ -26,21 +26,20 @@ Command::
         --workdir=/tmp/rsp/protocol_cifar10_paper
 """
 
+from rsp.configs import common
 from rsp.configs import poison_cifar10
 from rsp.configs import protocol
 from rsp.configs import train_cifar10
 
-METHODS = ('gaussian', 'macer', 'smoothadv')
-
 
 def get_config(arg: str | None = None):
-  protocol.parse_mode(arg, modes=('paper',), default='paper')
+  common.parse_mode(arg, modes=('paper',))
   c = protocol.build_config(
       name='cifar10_paper', dataset='cifar10', target_class=8, eps=0.03,
-      attacks={m: poison_cifar10.get_config(f'{m},paper') for m in METHODS},
-      victims={m: train_cifar10.get_config(m) for m in METHODS},
+      attacks={m: poison_cifar10.get_config(f'{m},paper') for m in common.ATTACK_METHODS},
+      victims={m: train_cifar10.get_config(m) for m in common.ATTACK_METHODS},
       certify=protocol.paper_certify_settings(),
-      poisons=('none', 'pacd', 'random'),
+      poison_kinds=('none', 'pacd', 'random'),
       archs=('resnet20', 'preact_resnet29'))
   c.other_arch_methods = ('gaussian',)
   return c

@@ -1,4 +1,4 @@
-r"""The paper-scale MNIST protocol (SPEC.md sections A-D): full MNIST, target 8, eps 0.1.
+r"""The paper-scale MNIST protocol: full MNIST, target 8, eps 0.1.
 
 PACD against each of Gaussian augmentation, MACER and SmoothAdv with the reference
 code's constants (``poison_mnist.get_config('METHOD')``, all 5,421 class-8 training
@@ -26,21 +26,20 @@ Command::
         --workdir=/tmp/rsp/protocol_mnist_paper
 """
 
+from rsp.configs import common
 from rsp.configs import poison_mnist
 from rsp.configs import protocol
 from rsp.configs import train_mnist
 
-METHODS = ('gaussian', 'macer', 'smoothadv')
-
 
 def get_config(arg: str | None = None):
-  protocol.parse_mode(arg, modes=('paper',), default='paper')
+  common.parse_mode(arg, modes=('paper',))
   c = protocol.build_config(
       name='mnist_paper', dataset='mnist', target_class=8, eps=0.1,
-      attacks={m: poison_mnist.get_config(m) for m in METHODS},
-      victims={m: train_mnist.get_config(m) for m in METHODS},
+      attacks={m: poison_mnist.get_config(m) for m in common.ATTACK_METHODS},
+      victims={m: train_mnist.get_config(m) for m in common.ATTACK_METHODS},
       certify=protocol.paper_certify_settings(),
-      poisons=('none', 'pacd', 'random', 'random_zero_mean', 'no_target'),
+      poison_kinds=('none', 'pacd', 'random', 'random_zero_mean', 'no_target'),
       archs=('lenet', 'wide_cnn', 'mlp'),
       seeds=(0, 1, 2))
   c.other_arch_methods = ('gaussian',)

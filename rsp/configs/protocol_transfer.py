@@ -10,17 +10,17 @@ column) in ``results.md``. Victims of another architecture (``mlp``, a 784-512-5
 fully connected network) are trained with Gaussian augmentation on every poison set
 (``other_arch_methods``). Each victim is certified at its own training sigma (0.5 for
 Gaussian augmentation and MACER, 0.75 for SmoothAdv) on the same 100 class-8 test
-points, N = 10,000; the poisons against MACER and SmoothAdv are made at the attack's
-sigma 0.75 (SPEC.md G.13).
+points, N = 10,000; the poisons against MACER and SmoothAdv are made at the reference
+attack's sigma 0.75 (its MACER victims are trained at 0.5, as here).
 
-* small: 3 attacks and 20 victims, about 1 h on a quiet 2-core CPU (measured
+* small: 3 attacks and 20 victims, about 1 h on an otherwise idle 2-core CPU (measured
   2026-11-24: the attacks 3 min 48 s to 4 min 30 s each; training plus certification
   of a LeNet victim 2.2 min with Gaussian augmentation, 3.7 min with MACER, 2.3 min
   with SmoothAdv; an MLP victim 20-27 s). Measured result (one seed; README has the
   tables): ACR drops of 36-62% for every PACD set on every LeNet victim except MACER
   poisons on the MACER victim (17%), 94-97% on the MLP, against 25%, -5%, 14% and 46%
   for random +-eps noise. The ``wide_cnn`` architecture (870k parameters, 3x3
-  convolutions) is left out of the small mode: on this CPU it trains at about 170-210
+  convolutions) is left out of the small mode: on that CPU it trains at about 170-210
   images/s, 11-12 minutes per victim plus 5 minutes of certification (measured: its
   Gaussian victim's class-8 ACR fell from 1.329 to 0.444 with the Gaussian PACD
   poisons, -66.6%); add it with ``--config.archs=lenet,mlp,wide_cnn``.
@@ -31,33 +31,26 @@ Command::
     python experiments/run.py --config=rsp/configs/protocol_transfer.py \
         --workdir=/tmp/rsp/protocol_transfer
 
-Run one row of the matrix only with ``--config.attack_methods=macer``; add seeds with
+Run one row of the matrix only with ``--config.crafted_against=macer``; add seeds with
 ``--config.seeds=0,1,2``.
 """
 
+from rsp.configs import common
 from rsp.configs import poison_mnist
 from rsp.configs import protocol
 from rsp.configs import train_mnist
 
-METHODS = ('gaussian', 'macer', 'smoothadv')
-
 
 def get_config(arg: str | None = None):
-  mode = protocol.parse_mode(arg)
+  mode = common.parse_mode(arg, modes=common.CPU_MODES, default='small')
   c = protocol.build_config(
       name=f'mnist_transfer_{mode}', dataset='mnist_embedded', target_class=8, eps=0.1,
-      attacks={m: poison_mnist.get_config(f'{m},{mode}') for m in METHODS},
-      victims={m: train_mnist.get_config(f'{m},{mode}') for m in METHODS},
+      attacks={m: poison_mnist.get_config(f'{m},{mode}') for m in common.ATTACK_METHODS},
+      victims={m: train_mnist.get_config(f'{m},{mode}') for m in common.ATTACK_METHODS},
       certify=protocol.certify_settings(mode),
-      poisons=('none', 'pacd', 'random'),
+      poison_kinds=('none', 'pacd', 'random'),
       archs=('lenet', 'mlp'))
   c.other_arch_methods = ('gaussian',)
   if mode == 'tiny':
-    for m in METHODS:  # As protocol.py's tiny victims, one epoch.
-      c.victims[m].train_subset = 800
-      c.victims[m].batch_size = 100
-      c.victims[m].num_epochs = 1
-      c.victims[m].learning_rate = 3e-3
-      c.victims[m].log_every_steps = 4
-    c.num_figure_images = 4
+    common.shrink_to_tiny(c)
   return c
