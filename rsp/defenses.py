@@ -53,6 +53,7 @@ import numpy as np
 import optax
 import optax.contrib
 import scipy.ndimage
+import scipy.sparse.linalg
 from PIL import Image
 from sklearn import cluster as sk_cluster
 from sklearn import decomposition as sk_decomposition
@@ -118,8 +119,10 @@ def spectral_scores(features: Any) -> np.ndarray:
   """Spectral-signature outlier scores of one class's features (Tran et al. 2018).
 
   ``score_i = <r_i - mean_j r_j, v>^2`` where ``v`` is the top right singular vector of
-  the centred feature matrix ``R - 1 mean(R)^T`` (computed exactly, by
-  ``numpy.linalg.svd``). Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks",
+  the centred feature matrix ``R - 1 mean(R)^T`` (``scipy.sparse.linalg.svds`` with
+  ARPACK to machine precision and a fixed start, ``numpy.linalg.svd`` when
+  ``min(N, D) < 2``; if the top singular value is repeated, ``v`` is any vector of its
+  subspace). Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks",
   NeurIPS 2018, Algorithm 1: compute it within each label class and remove the
   ``1.5 * eps * n`` highest-scoring points of every class, where eps bounds the poisoned
   fraction. Call it on one class's features, or through ``per_class``.
@@ -135,7 +138,10 @@ def spectral_scores(features: Any) -> np.ndarray:
   """
   x = _features(features)
   centred = x - x.mean(axis=0, keepdims=True)
-  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  if min(centred.shape) >= 2 and np.any(centred):
+    _, _, vt = scipy.sparse.linalg.svds(centred, k=1, random_state=0)
+  else:
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
   return (centred @ vt[0]) ** 2
 
 
@@ -148,10 +154,11 @@ def activation_clustering(features: Any, *, seed: int, num_components: int = 10,
 
   Chen et al., "Detecting Backdoor Attacks on Deep Neural Networks by Activation
   Clustering", 2018 (arXiv:1811.03728): reduce each class's activations to 10
-  independent components (FastICA), split them by 2-means, and call the class poisoned
-  when the smaller cluster holds <= ~35% of it or the split's silhouette is high.
+  independent components (FastICA), split them by 2-means, and judge the class
+  poisoned by the smaller cluster's relative size or the split's silhouette score.
 
-  Steps here: (1) ``reduction='pca'`` (default): ``sklearn PCA``; ``'ica'`` (the
+  Steps here: (1) ``reduction='pca'`` (default): ``sklearn PCA`` (ARPACK, or the full
+  SVD when ``c = D``); ``'ica'`` (the
   paper's): ``sklearn FastICA`` (``whiten='unit-variance'``, ``max_iter=1000``,
   ``random_state=seed``). Both keep ``c = min(num_components, D, N - 1)`` components and
   are seeded. PCA is the default because it keeps each component's variance: FastICA's
@@ -194,7 +201,8 @@ def activation_clustering(features: Any, *, seed: int, num_components: int = 10,
     reducer = sk_decomposition.FastICA(n_components=c, whiten='unit-variance',
                                        max_iter=1000, random_state=seed)
   else:
-    reducer = sk_decomposition.PCA(n_components=c, random_state=seed)
+    solver = 'arpack' if c < min(n, d) else 'full'  # ARPACK needs c < min(N, D).
+    reducer = sk_decomposition.PCA(n_components=c, svd_solver=solver, random_state=seed)
   with warnings.catch_warnings():
     # FastICA warns when it does not converge (e.g. on Gaussian data, which has no
     # independent components); its output is still a whitened linear projection.
@@ -238,8 +246,8 @@ def knn_scores(features: Any, labels: Any, *, k: int) -> np.ndarray:
   neighbours; among equidistant neighbours the search's order decides. Peri et al.,
   "Deep k-NN Defense against Clean-label Data Poisoning Attacks", ECCV workshops 2020,
   remove a point when its label is not the plurality label of its k neighbours, which
-  implies ``score_i >= 1/2``; they find k around the number of points per class works.
-  Unlike the within-class detectors, it uses every class's features at once.
+  implies ``score_i >= 1/2``. Unlike the within-class detectors, it uses every class's
+  features at once.
 
   Args:
     features: ``[N, D]`` features of all points.
@@ -256,11 +264,11 @@ def knn_scores(features: Any, labels: Any, *, k: int) -> np.ndarray:
          f'an integer in [1, N - 1] = [1, {n - 1}]')
   nn_index = sk_neighbors.NearestNeighbors(n_neighbors=k + 1).fit(x)
   _, idx = nn_index.kneighbors(x)  # [N, k+1], usually self first.
-  others = np.empty((n, k), np.int64)
-  for i in range(n):
-    row = idx[i]
-    row = row[row != i]
-    others[i] = row[:k]
+  # Move self to the end of its row (a stable sort keeps the others' order) and keep k:
+  # drops self, or the (k+1)-th neighbour where a duplicate displaced self.
+  is_self = idx == np.arange(n)[:, None]
+  order = np.argsort(is_self, axis=1, kind='stable')
+  others = np.take_along_axis(idx, order, axis=1)[:, :k]
   return np.mean(y[others] != y[:, None], axis=1)
 
 
@@ -597,8 +605,9 @@ def gaussian_blur(images: Any, sigma: float) -> np.ndarray:
 
 
 def jpeg_compress(images: Any, quality: int) -> np.ndarray:
-  """JPEG-encodes and decodes each image with Pillow (Dziugaite et al. 2016; Das 2017).
+  """JPEG-encodes and decodes each image with Pillow.
 
+  JPEG compression as an input purification (Dziugaite et al. 2016; Das et al. 2017).
   Each image is quantised to uint8 (``round(255 x)``), saved as JPEG at ``quality``
   (Pillow's defaults otherwise, so RGB uses 4:2:0 chroma subsampling) in mode ``'L'``
   (C = 1) or ``'RGB'`` (C = 3), decoded, and divided by 255.

@@ -67,6 +67,11 @@ def test_spectral_scores_closed_form_rank_one():
   x = c + t[:, None] * u
   np.testing.assert_allclose(d.spectral_scores(x), (t - t.mean()) ** 2, rtol=1e-10,
                              atol=1e-12)
+  # The iterative top singular vector agrees with the full SVD on generic data.
+  g = rng.normal(size=(40, 7)) * np.arange(1, 8)
+  gc = g - g.mean(0)
+  v = np.linalg.svd(gc)[2][0]
+  np.testing.assert_allclose(d.spectral_scores(g), (gc @ v) ** 2, rtol=1e-8)
   # A single point, and the sign of the singular vector, cannot matter.
   np.testing.assert_array_equal(d.spectral_scores(x[:1]), [0.0])
   np.testing.assert_allclose(d.spectral_scores(-x), d.spectral_scores(x), atol=1e-12)
