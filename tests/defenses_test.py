@@ -207,6 +207,18 @@ def test_remove_top_counts_fractions_and_ties():
   np.testing.assert_array_equal(np.flatnonzero(~d.remove_top(np.zeros(10), 3)), [0, 1, 2])
 
 
+def test_remove_top_per_class():
+  """The budget is taken from each class: 1 of each (count) or 50% of each (fraction)."""
+  s = np.array([5.0, 1.0, 0.5, 0.4, 0.3, 9.0])
+  y = np.array([0, 0, 1, 1, 1, 1])
+  np.testing.assert_array_equal(d.remove_top_per_class(s, y, 1),
+                                [False, True, True, True, True, False])
+  np.testing.assert_array_equal(d.remove_top_per_class(s, y, 0.5),
+                                [False, True, False, True, True, False])
+  with pytest.raises(ValueError, match=r'budget=3 .*\[0, 2\]'):
+    d.remove_top_per_class(s, y, 3)
+
+
 def test_filter_dataset():
   """Every array is filtered by the same mask, in order."""
   ds = {'image': np.arange(5 * 4, dtype=np.float32).reshape(5, 2, 2, 1),
