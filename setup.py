@@ -37,6 +37,9 @@ setuptools.setup(
         'orbax-checkpoint>=0.5',
         'scipy>=1.10',
         'scikit-image>=0.21',  # SSIM of poisons against clean images.
+        # rsp.defenses: PCA/FastICA, KMeans, silhouettes, nearest neighbours, AUROC.
+        'scikit-learn>=1.2',
+        'Pillow>=9.0',  # rsp.defenses.jpeg_compress.
         # Reads prepared mnist/cifar10 as numpy (tfds.data_source) without TensorFlow.
         'tensorflow-datasets>=4.9.4',
         'array-record>=0.5',
