@@ -327,6 +327,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_ints('config.attack.', a, (
       'clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
       'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'))
+  for name, meaning in (('steps_per_epoch', '0: the whole clean pool per epoch'),
+                        ('checkpoint_every_steps', '0: every epoch')):
+    validation.check_int(f'config.attack.{name}', a.get(name, 0), 0, meaning=meaning)
   for name in ('lr_u', 'lr_v', 'lr_p'):
     if a.get(name) <= 0:
       raise ValueError(f'config.attack.{name}={a.get(name)} must be > 0.')
@@ -457,7 +460,7 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
     logging.info('PACD: resuming at step %d of %d from %s.', start, total_steps, workdir)
   writer = workdir_lib.JsonLinesWriter(metrics_path)
   log_every = max(1, a.get('log_every_steps', 10))
-  ckpt_every = max(1, a.get('checkpoint_every_steps', steps_per_epoch))
+  ckpt_every = a.get('checkpoint_every_steps', 0) or steps_per_epoch  # 0: every epoch.
   t_start = time.time()
   for step in range(start, total_steps):
     epoch = step // steps_per_epoch + 1  # counts from 1 as in the reference
