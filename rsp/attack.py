@@ -411,8 +411,10 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   settings_path = os.path.join(workdir, 'settings.json')
   workdir_lib.check_settings(settings_path, settings, resumable=RESUMABLE_FIELDS,
                              what='PACD attack')
+  ckpt_dir = os.path.join(workdir, 'attack_checkpoints')
   workdir_lib.ensure_directory(workdir, name='workdir')
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'attack_checkpoints'))
+  workdir_lib.ensure_directory(ckpt_dir, name='checkpoint directory')
+  ckpt = checkpointing.Checkpointer(ckpt_dir)
   done_steps = ckpt.latest_step() or 0
   if done_steps > total_steps:
     ckpt.close()

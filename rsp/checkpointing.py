@@ -53,9 +53,11 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 2):
     if max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep} must be >= 1.')
-    # Orbax itself retries for minutes on a file where its directory belongs.
-    self.directory = workdir_lib.ensure_directory(os.path.abspath(directory),
-                                                  name='checkpoint directory')
+    self.directory = os.path.abspath(directory)
+    if not os.path.isdir(self.directory):
+      # Orbax itself retries for minutes on a file where its directory belongs. (An
+      # existing directory may be read-only: restoring from it works.)
+      workdir_lib.ensure_directory(self.directory, name='checkpoint directory')
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))

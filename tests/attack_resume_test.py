@@ -184,6 +184,18 @@ def test_a_file_where_the_checkpoints_belong_fails_at_once(tmp_path):
   assert sorted(os.listdir(workdir)) == ['attack_checkpoints']
 
 
+def test_a_read_only_workdir_is_reported(finished, tmp_path, monkeypatch):
+  """Permission bits do not stop root (CI), so the refusal is simulated by an
+  ``os.access`` that denies writing."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished[0], workdir)
+  before = _snapshot(workdir)
+  monkeypatch.setattr(workdir_lib.os, 'access', lambda path, mode: False)
+  with pytest.raises(workdir_lib.WorkdirError, match='read-only'):
+    attack.run_attack(_tiny(), workdir)
+  assert _snapshot(workdir) == before
+
+
 def test_a_truncated_settings_file_names_the_file(finished, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished[0], workdir)
