@@ -327,9 +327,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_ints('config.attack.', a, (
       'clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
       'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'))
-  for name, meaning in (('steps_per_epoch', '0: the whole clean pool per epoch'),
-                        ('checkpoint_every_steps', '0: every epoch')):
-    validation.check_int(f'config.attack.{name}', a.get(name, 0), 0, meaning=meaning)
   for name in ('lr_u', 'lr_v', 'lr_p'):
     if a.get(name) <= 0:
       raise ValueError(f'config.attack.{name}={a.get(name)} must be > 0.')
@@ -339,6 +336,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.attack.alpha={a.alpha} must be in [0, 0.5).')
   robust_training.validate_hparams(a.method, prefix='config.attack.inner.',
                                    **dict(a.inner))
+  for name, meaning in (('steps_per_epoch', '0: the whole clean pool per epoch'),
+                        ('checkpoint_every_steps', '0: every epoch')):
+    validation.check_int(f'config.attack.{name}', a.get(name, 0), 0, meaning=meaning)
 
 
 # The config fields a resumed attack may change (dotted paths into settings.json): they

@@ -400,7 +400,8 @@ def test_a_truncated_record_names_the_file(name, tiny_run, tmp_path):
 
 def test_numpy_and_jax_scalar_hyperparameters_are_accepted(tiny_run, tmp_path):
   """Deterministic. ``sigma=jnp.float32(0.5)`` once failed ('unhashable type') when the
-  compiled step was looked up; it trains exactly as ``sigma=0.5``."""
+  compiled step was looked up, and ``num_noise=np.int64(1)`` was refused; they train
+  exactly as ``sigma=0.5, num_noise=1``."""
   _, reference = tiny_run
   config = tiny_config()
   config.loss = ml_collections.ConfigDict({'sigma': jnp.float32(0.5),
