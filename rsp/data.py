@@ -460,9 +460,8 @@ def _check_against_train(arrays: Mapping[str, np.ndarray],
 # ------------------------------------------------------------------------------------
 # A run's splits.
 
-# The poison metadata a run's config must agree with: (metadata key, config field).
-_POISON_FACTS = (('dataset', 'dataset'), ('data_seed', 'data_seed'),
-                 ('target_class', 'target_class'), ('eps', 'eps'))
+# The poison metadata a run's config must agree with (same names on both sides).
+_POISON_FACTS = ('dataset', 'data_seed', 'target_class', 'eps')
 
 
 def check_poison_metadata(metadata: Mapping[str, Any], config: Any, *,
@@ -477,18 +476,18 @@ def check_poison_metadata(metadata: Mapping[str, Any], config: Any, *,
   Raises:
     ValueError: naming the first differing ``config.<field>``, both values and the fix.
   """
-  for key, field in _POISON_FACTS:
-    if key not in metadata or metadata[key] is None or config.get(field) is None:
+  for field in _POISON_FACTS:
+    made, wanted = metadata.get(field), config.get(field)
+    if made is None or wanted is None:
       continue
-    made, wanted = metadata[key], config.get(field)
-    if key == 'eps':
+    if field == 'eps':
       same = abs(float(made) - float(wanted)) <= 1e-9 * max(1.0, abs(float(wanted)))
     else:
       same = made == wanted
     if not same:
       raise ValueError(
           f'config.{field}={wanted!r}, but config.poison_file={path!r} was made with '
-          f'{key}={made!r}; accepted: a poison file made with {key}={wanted!r}, or '
+          f'{field}={made!r}; accepted: a poison file made with {field}={wanted!r}, or '
           f'config.{field}={made!r}.')
 
 
