@@ -4,7 +4,10 @@ r"""Generates PACD poisons: ``rsp.attack.run_attack(config, workdir)``.
         --workdir=/tmp/rsp/poison_mnist_gaussian
 
 Writes ``WORKDIR/poisons.npz`` (validated on load by ``rsp.data.load_poisons``), the
-metrics and checkpoints; restarting with the same ``--workdir`` resumes.
+config, settings, metrics and checkpoints; restarting with the same ``--workdir``
+resumes. A restart with other settings (``--config.seed=1``, another ``--config.eps``)
+or on other data is refused before any work, naming each differing field
+(``rsp.attack.RESUMABLE_FIELDS`` lists what may change: more epochs, logging).
 """
 
 from absl import app

@@ -3,7 +3,10 @@ r"""Trains a (robust) classifier: ``rsp.train.train_and_evaluate(config, workdir
     python experiments/train.py --config=rsp/configs/train_mnist.py:gaussian,small \
         --workdir=/tmp/rsp/train_mnist_gaussian
 
-Restarting with the same ``--workdir`` resumes from the last checkpoint.
+Restarting with the same ``--workdir`` resumes from the newest intact checkpoint; a
+restart with other settings or inputs (another seed, a changed poison file) is refused
+before anything is written, naming each differing field (``rsp.train.RESUMABLE_FIELDS``
+lists what may change).
 """
 
 from absl import app

@@ -69,11 +69,10 @@ import optax
 from rsp import bilevel
 from rsp import checkpointing
 from rsp import data as data_lib
-from rsp import metrics as metrics_lib
 from rsp import models
 from rsp import robust_training
-from rsp import train as train_lib
 from rsp import validation
+from rsp import workdir as workdir_lib
 
 MODES = ('implicit', 'unrolled')
 SOLVERS = ('approxgrad', 'cg', 'neumann', 'identity')
@@ -153,18 +152,8 @@ def inner_loss_fn(method: str, hparams: Mapping[str, Any]):
   return robust_training.get_loss('gaussian', **keep)
 
 
-def smoothadv_cycle_epsilon(epoch: int, epsilon: float) -> float:
-  """The reference attack's SmoothAdv radius within each 20-epoch cycle (SPEC.md B.3).
-
-  ``epoch % 20 == 1``: no attack; ``in {2, 3, 4}``: ``0.2 (epoch % 20) eps``;
-  ``== 0``: 0; otherwise ``eps``. ``epoch`` counts from 1.
-  """
-  r = epoch % 20
-  if r in (0, 1):
-    return 0.0
-  if r in (2, 3, 4):
-    return 0.2 * r * epsilon
-  return float(epsilon)
+# The inner problem's SmoothAdv radius schedule lives with the other SmoothAdv schedule.
+smoothadv_cycle_epsilon = robust_training.smoothadv_cycle_epsilon
 
 
 # ------------------------------------------------------------------------------------
@@ -205,8 +194,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
     params, state, opt_state, solution, solver_state = carry
     k_aug, k_adv, k_inner, k_hyper, k_outer, k_val = jax.random.split(key, 6)
     if augment:
-      clean_x = train_lib.random_crop_flip(k_aug, clean_x)
-      val_x = train_lib.random_crop_flip(k_val, val_x)
+      clean_x = data_lib.random_crop_flip(k_aug, clean_x)
+      val_x = data_lib.random_crop_flip(k_val, val_x)
     adv_clean = jnp.zeros_like(clean_x)
     adv_poison = jnp.zeros_like(poisons)
     if method == 'smoothadv':
@@ -325,11 +314,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_choice('config.dataset', config.dataset, data_lib.DATASETS)
   validation.check_choice('config.model', config.model, models.MODELS)
   num_classes = data_lib.info(config.dataset)['num_classes']
-  if not 0 <= config.target_class < num_classes:
-    raise ValueError(f'config.target_class={config.target_class} must be in '
-                     f'[0, {num_classes}).')
-  if not 0 < config.eps <= 1:
-    raise ValueError(f'config.eps={config.eps} must be in (0, 1].')
+  validation.check_int('config.target_class', config.target_class, 0, num_classes - 1,
+                       meaning=f'a class of {config.dataset!r}')
+  try:
+    eps_ok = 0 < float(config.eps) <= 1
+  except (TypeError, ValueError):
+    eps_ok = False
+  if not eps_ok:
+    raise ValueError(f'config.eps={config.eps!r} must be a number in (0, 1] (the '
+                     'poisons\' L-inf budget in pixels).')
   a = config.attack
   for name, value, accepted in (('method', a.method, INNER_METHODS),
                                 ('mode', a.mode, MODES), ('solver', a.solver, SOLVERS),
@@ -352,7 +345,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.attack.damping={a.damping} must be >= 0.')
   if not 0 <= a.alpha < 0.5:
     raise ValueError(f'config.attack.alpha={a.alpha} must be in [0, 0.5).')
-  robust_training.validate_hparams(a.method, **dict(a.inner))
+  robust_training.validate_hparams(a.method, prefix='config.attack.inner.',
+                                   **dict(a.inner))
+  for name, meaning in (('steps_per_epoch', '0: the whole clean pool per epoch'),
+                        ('checkpoint_every_steps', '0: every epoch')):
+    validation.check_int(f'config.attack.{name}', a.get(name, 0), 0, meaning=meaning)
+
+
+# The config fields a resumed attack may change (dotted paths into settings.json): they
+# do not change the poisons of the steps already taken. More epochs continue the run;
+# data_dir may move since the splits' content is fingerprinted (inputs).
+RESUMABLE_FIELDS = ('config.attack.num_epochs', 'config.attack.log_every_steps',
+                    'config.attack.checkpoint_every_steps', 'config.data_dir')
+
+
+def attack_settings(config: ml_collections.ConfigDict,
+                    splits: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
+  """What an attack workdir records in ``settings.json`` and a resumed attack must match:
+  ``{'config': the config, 'inputs': {'train_data', 'val_data': SHA-256 of each split's
+  images and labels}}``."""
+  return {'config': config.to_dict(),
+          'inputs': {f'{name}_data': workdir_lib.array_digest(splits[name]['image'],
+                                                              splits[name]['label'])
+                     for name in ('train', 'val')}}
 
 
 def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -367,10 +382,20 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
     config: an attack config (``rsp/configs/poison_mnist.py``).
     splits: ``{'train', 'val'}`` clean splits; the target class's training points are
       poisoned, its validation points drive the outer objective.
-    workdir: config, metrics (``attack_metrics.jsonl``), checkpoints and the poison file.
+    workdir: config (``config.json``), settings and input fingerprints
+      (``settings.json``), metrics (``attack_metrics.jsonl``), checkpoints
+      (``attack_checkpoints/``) and the poison file. If it holds an attack with the same
+      settings (up to ``RESUMABLE_FIELDS``) on the same splits, the attack resumes from
+      its newest intact checkpoint.
 
   Returns:
     The poisons (also in ``workdir/poisons.npz``).
+
+  Raises:
+    ValueError: a bad config or split; a workdir holding another attack
+      (``rsp.workdir.SettingsMismatchError``, naming every differing field, e.g.
+      ``config.seed``), more steps than the config asks for, or unusable
+      (``rsp.workdir.WorkdirError``). Raised before any step is taken or file written.
   """
   validate_config(config)
   info = data_lib.info(config.dataset)
@@ -393,8 +418,23 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
     steps_per_epoch = min(steps_per_epoch, int(a.steps_per_epoch))
   total_steps = steps_per_epoch * a.num_epochs
 
-  os.makedirs(workdir, exist_ok=True)
-  metrics_lib.write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+  settings = attack_settings(config, splits)
+  settings_path = os.path.join(workdir, 'settings.json')
+  workdir_lib.check_settings(settings_path, settings, resumable=RESUMABLE_FIELDS,
+                             what='PACD attack')
+  ckpt_dir = os.path.join(workdir, 'attack_checkpoints')
+  workdir_lib.ensure_directory(workdir, name='workdir')
+  workdir_lib.ensure_directory(ckpt_dir, name='checkpoint directory')
+  ckpt = checkpointing.Checkpointer(ckpt_dir)
+  done_steps = ckpt.latest_step() or 0
+  if done_steps > total_steps:
+    ckpt.close()
+    raise ValueError(
+        f'config.attack.num_epochs={a.num_epochs} gives {total_steps} steps, but '
+        f'{workdir} holds an attack of {done_steps} steps; accepted: num_epochs >= '
+        f'{-(-done_steps // steps_per_epoch)}, or a new workdir.')
+  workdir_lib.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  workdir_lib.write_json(settings_path, settings)
   model = models.get_model(config.model, info['num_classes'],
                            **dict(config.get('model_kwargs', {})))
   train_apply = models.make_train_apply_fn(model)
@@ -420,7 +460,6 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
 
   like = pack(fresh_carry(0), clean_poisons.copy(), fresh_moments())
   metrics_path = os.path.join(workdir, 'attack_metrics.jsonl')
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'attack_checkpoints'))
   restored, meta = ckpt.restore_or_init(like, {'step': 0, 'nonfinite_steps': 0,
                                                'seconds': 0.0})
   start = int(meta['step'])
@@ -429,12 +468,12 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   carry = restored['carry']
   poisons = np.array(restored['poisons'], np.float32)
   moments = (np.array(restored['m']), np.array(restored['v']), np.array(restored['count']))
-  train_lib._trim_metrics(metrics_path, start)  # pylint: disable=protected-access
+  workdir_lib.trim_json_lines(metrics_path, start)
   if start:
     logging.info('PACD: resuming at step %d of %d from %s.', start, total_steps, workdir)
-  writer = metrics_lib.MetricWriter(metrics_path)
+  writer = workdir_lib.JsonLinesWriter(metrics_path)
   log_every = max(1, a.get('log_every_steps', 10))
-  ckpt_every = max(1, a.get('checkpoint_every_steps', steps_per_epoch))
+  ckpt_every = a.get('checkpoint_every_steps', 0) or steps_per_epoch  # 0: every epoch.
   t_start = time.time()
   for step in range(start, total_steps):
     epoch = step // steps_per_epoch + 1  # counts from 1 as in the reference
@@ -450,8 +489,8 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
     ci = perm_epoch[pos * b_c:(pos + 1) * b_c]
     pi = _sample(rng, n_p, a.poison_batch_size)
     vi = _sample(rng, n_v, a.val_batch_size)
-    adv_eps = smoothadv_cycle_epsilon(epoch, a.inner.get('epsilon', 0.0)) \
-        if a.method == 'smoothadv' else 0.0
+    adv_eps = robust_training.smoothadv_cycle_epsilon(
+        epoch, a.inner.get('epsilon', 0.0)) if a.method == 'smoothadv' else 0.0
     batch_moments = (moments[0][pi], moments[1][pi], moments[2][pi])
     carry, new_p, new_m, m = step_fn(
         carry, clean_pool['image'][ci], clean_pool['label'][ci], poisons[pi],
@@ -533,8 +572,8 @@ def random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *, target_cl
 
 
 def run_attack(config: ml_collections.ConfigDict, workdir: str) -> PoisonResult:
-  """Loads the config's data and runs ``pacd``; what ``experiments/poison.py`` calls."""
+  """Loads the config's data (``rsp.data.load_splits``) and runs ``pacd``; what
+  ``experiments/poison.py`` calls. Bad configs and a workdir holding another attack are
+  refused before any work (see ``pacd``)."""
   validate_config(config)
-  kwargs = {'data_dir': config.data_dir} if config.get('data_dir') else {}
-  splits = data_lib.load(config.dataset, seed=config.get('data_seed', 0), **kwargs)
-  return pacd(config, splits, workdir)
+  return pacd(config, data_lib.load_splits(config), workdir)

@@ -17,6 +17,10 @@ Data sets (``load(name)``):
 
 Poison sets replace the target-class training images (clean-label: labels are never
 changed). They are saved as ``.npz`` with metadata, never pickled, and validated on load.
+
+``load_splits(config)`` is the one loader of a run's splits: the config's data set, its
+poison file applied, then its training subset. ``random_crop_flip`` is the augmentation
+of CIFAR training and of the attack's CIFAR batches.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from typing import Any, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rsp import version
+from rsp import workdir as workdir_lib
 
 Dataset = dict[str, np.ndarray]
 
@@ -294,6 +299,37 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool = True) -> int:
 
 
 # ------------------------------------------------------------------------------------
+# Augmentation.
+
+
+def random_crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+  """Pad-``pad`` random crop and random horizontal flip, independently per image.
+
+  Each image is zero-padded by ``pad`` pixels on every side, cropped back to its size at
+  an offset drawn uniformly from ``[0, 2 pad]^2`` and mirrored left-right with
+  probability 1/2 (the standard CIFAR augmentation of He et al. 2016). The reference
+  PACD code draws one offset for the whole batch; per-image offsets are what the
+  papers it follows use.
+
+  Args:
+    key: randomness for the offsets and flips.
+    images: ``[B, H, W, C]``.
+    pad: the padding, in pixels.
+
+  Returns:
+    ``[B, H, W, C]`` augmented images (jittable).
+  """
+  b, h, w, _ = images.shape
+  k_off, k_flip = jax.random.split(key)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets = jax.random.randint(k_off, (b, 2), 0, 2 * pad + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  cropped = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
+
+
+# ------------------------------------------------------------------------------------
 # Poison files.
 
 POISON_FORMAT = 'rsp-poison-v1'
@@ -319,12 +355,13 @@ def save_poisons(path: str, *, poisons: np.ndarray, indices: np.ndarray,
   Raises:
     ValueError: the poisons fail a check (shapes, NaN, outside [0, 1], beyond eps,
       repeated indices, labels or clean images differ from ``train``); nothing is written.
+    rsp.workdir.WorkdirError (a ValueError): the file's directory cannot be written.
   """
   if 'eps' not in metadata:
     raise ValueError('metadata must hold "eps", the L-inf budget of the poisons.')
   meta = dict(metadata, format=POISON_FORMAT, rsp_version=version.__version__)
   try:
-    meta_json = json.dumps(meta, sort_keys=True)
+    meta_json = workdir_lib.dumps(meta, indent=None)
   except TypeError as e:
     raise ValueError(f'metadata must be JSON-serialisable: {e}') from e
   arrays = dict(poisons=np.asarray(poisons, np.float32),
@@ -335,17 +372,8 @@ def save_poisons(path: str, *, poisons: np.ndarray, indices: np.ndarray,
   _validate_poison_arrays(arrays, meta, path)
   if train is not None:
     _check_against_train(arrays, train, path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.npz.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with workdir_lib.atomic_file(path, 'wb') as f:
+    np.savez(f, **arrays)
 
 
 def _validate_poison_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
@@ -427,6 +455,80 @@ def _check_against_train(arrays: Mapping[str, np.ndarray],
                          atol=1e-6):
     raise ValueError(f'{path}: clean images differ from the training split; was it '
                      'made with another data set or seed?')
+
+
+# ------------------------------------------------------------------------------------
+# A run's splits.
+
+# The poison metadata a run's config must agree with (same names on both sides).
+_POISON_FACTS = ('dataset', 'data_seed', 'target_class', 'eps')
+
+
+def check_poison_metadata(metadata: Mapping[str, Any], config: Any, *,
+                          path: str) -> None:
+  """Refuses a poison file made for another run than ``config``'s.
+
+  The file's ``dataset``, ``data_seed``, ``target_class`` and ``eps`` must equal the
+  config's fields of those names, where both have them (a training config has no
+  ``eps`` unless its run states the budget it expects; a None or missing field is not
+  compared).
+
+  Raises:
+    ValueError: naming the first differing ``config.<field>``, both values and the fix.
+  """
+  for field in _POISON_FACTS:
+    made, wanted = metadata.get(field), config.get(field)
+    if made is None or wanted is None:
+      continue
+    if field == 'eps':
+      same = abs(float(made) - float(wanted)) <= 1e-9 * max(1.0, abs(float(wanted)))
+    else:
+      same = made == wanted
+    if not same:
+      raise ValueError(
+          f'config.{field}={wanted!r}, but config.poison_file={path!r} was made with '
+          f'{field}={made!r}; accepted: a poison file made with {field}={wanted!r}, or '
+          f'config.{field}={made!r}.')
+
+
+def load_splits(config: Any) -> dict[str, Dataset]:
+  """The splits a run's config names: what training (and the attack) run on.
+
+  ``load(config.dataset, seed=config.data_seed)`` from ``config.data_dir``; then, if
+  set, ``config.poison_file`` applied to the training split (after
+  ``check_poison_metadata``); then, if ``config.train_subset > 0``, that many training
+  points kept, drawn by ``config.data_seed`` (after poisoning: the poisons' indices
+  refer to the full split). Missing fields take those defaults ('', 0, '', 0).
+
+  Args:
+    config: a training or attack config.
+
+  Returns:
+    ``{'train', 'val', 'test'}`` splits.
+
+  Raises:
+    ValueError: the poison file was made for another run, or does not fit the training
+      split; ``config.train_subset`` exceeds the training split.
+  """
+  poison = None
+  if config.get('poison_file'):  # Checked before the (slower) data set is read.
+    poison = load_poisons(config.poison_file)
+    check_poison_metadata(poison['metadata'], config, path=config.poison_file)
+  kwargs = {'data_dir': config.data_dir} if config.get('data_dir') else {}
+  seed = config.get('data_seed', 0)
+  splits = load(config.dataset, seed=seed, **kwargs)
+  n = len(splits['train']['label'])
+  size = config.get('train_subset', 0)
+  if size and size > n:
+    raise ValueError(f'config.train_subset={size} exceeds the {n} points of the '
+                     f'{config.dataset!r} training split; accepted: 1 to {n}, or 0 for '
+                     'the whole split.')
+  if poison is not None:
+    _check_against_train(poison, splits['train'], config.poison_file)
+    splits['train'] = apply_poison(splits['train'], poison['indices'], poison['poisons'])
+  if size:
+    splits['train'] = subset(splits['train'], seeded_subset_indices(n, size, seed))
+  return splits
 
 
 def _main(argv):

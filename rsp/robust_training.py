@@ -24,7 +24,9 @@ Methods (``get_loss(name)``):
   example plus the same noise; the adversarial example is a constant for the update.
 
 The differentiable soft-smoothing pieces (``soft_smoothed_probs``,
-``certified_radius_surrogate``) are shared with the PACD attack's outer objective.
+``certified_radius_surrogate``) are shared with the PACD attack's outer objective, and
+SmoothAdv's radius schedules (``smoothadv_warmup_epsilon`` for the victim,
+``smoothadv_cycle_epsilon`` for the attack's inner problem) live here too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.special import ndtri
 
@@ -303,7 +306,8 @@ def get_loss(name: str, **hparams: Any) -> Callable[..., Any]:
   Args:
     name: one of ``METHODS``: 'standard', 'gaussian', 'macer', 'smoothadv'.
     **hparams: keyword hyperparameters of that loss (e.g. ``sigma=0.5``); they are
-      checked here, before any work.
+      checked here, before any work (``validate_hparams``). 0-d numpy or jax scalars
+      (``jnp.float32(0.5)``) are bound as the Python numbers they hold.
 
   Returns:
     ``loss_fn(params, state, batch, key, *, apply_fn, ...)``.
@@ -319,6 +323,7 @@ def get_loss(name: str, **hparams: Any) -> Callable[..., Any]:
   if unknown:
     raise ValueError(f'{name} loss takes no hyperparameter(s) {unknown}; accepted: '
                      f'{accepted}.')
+  hparams = plain_hparams(hparams)
   validate_hparams(name, **hparams)
   return functools.partial(fn, **hparams)
 
@@ -354,26 +359,108 @@ def loss_defaults(name: str, *hparams: str) -> dict[str, Any]:
   return {h: defaults[h] for h in (hparams or defaults)}
 
 
-def validate_hparams(name: str, **hparams: Any) -> None:
-  """Raises ValueError for out-of-range hyperparameters of method ``name``."""
+def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+  """``hparams`` with every 0-d numpy or concrete jax scalar replaced by the Python
+  number it holds (``jnp.float32(0.5)`` -> ``0.5``, ``np.int64(2)`` -> ``2``).
+
+  Bound hyperparameters are then hashable (compiled steps are cached by them) and pass
+  the losses' ``isinstance(num_noise, int)`` checks. Traced values are left alone.
+  """
+  out = {}
+  for k, v in hparams.items():
+    if isinstance(v, np.generic) or (
+        isinstance(v, (np.ndarray, jax.Array)) and not isinstance(v, jax.core.Tracer)
+        and np.ndim(v) == 0):
+      v = np.asarray(v).item()
+    out[k] = v
+  return out
+
+
+def _is_integer(v: Any) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+# Methods whose loss adds Gaussian noise of level sigma: sigma must be > 0 in a config
+# (sigma = 0 is a limit case of the losses, not a robust training method).
+_NOISY_METHODS = ('gaussian', 'macer', 'smoothadv')
+
+
+def validate_hparams(name: str, *, prefix: str = '', **hparams: Any) -> None:
+  """Raises ValueError for out-of-range hyperparameters of method ``name``.
+
+  Args:
+    name: the training method.
+    prefix: how the caller's config names the hyperparameters, for the message
+      (``'config.loss.'`` gives ``config.loss.sigma=0.0 is invalid ...``).
+    **hparams: the hyperparameters. Numbers may be Python, numpy or 0-d jax scalars.
+  """
   checks = {
-      'sigma': (lambda v: v > 0 if name in ('macer',) else v >= 0,
-                'sigma > 0' if name == 'macer' else 'sigma >= 0'),
-      'num_noise': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+      'sigma': (lambda v: v > 0 if name in _NOISY_METHODS else v >= 0,
+                'sigma > 0' if name in _NOISY_METHODS else 'sigma >= 0'),
+      'num_noise': (lambda v: _is_integer(v) and v >= 1, 'an integer >= 1'),
       'lbd': (lambda v: v >= 0, 'lbd >= 0'),
       'gamma': (lambda v: v > 0, 'gamma > 0'),
       'beta': (lambda v: v > 0, 'beta > 0'),
       'alpha': (lambda v: 0 <= v < 0.5, '0 <= alpha < 0.5'),
       'epsilon': (lambda v: v >= 0, 'epsilon >= 0'),
-      'num_steps': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+      'num_steps': (lambda v: _is_integer(v) and v >= 1, 'an integer >= 1'),
       'pgd': (lambda v: v in ('salman', 'adam'), "'salman' or 'adam'"),
   }
-  for k, v in hparams.items():
+  for k, v in plain_hparams(hparams).items():
     if k in checks:
       ok, accepted = checks[k]
       try:
-        valid = bool(ok(v))
-      except TypeError:  # e.g. a string where a number belongs.
+        valid = not isinstance(v, (bool, str)) or k == 'pgd'
+        valid = valid and bool(ok(v))
+      except (TypeError, ValueError):  # e.g. a string or an array where a number belongs.
         valid = False
       if not valid:
-        raise ValueError(f'{name}: {k}={v!r} is invalid; accepted: {accepted}.')
+        raise ValueError(f'{prefix}{k}={v!r} is invalid for method {name!r}; accepted: '
+                         f'{accepted}.')
+
+
+# ------------------------------------------------------------------------------------
+# SmoothAdv's radius schedules.
+
+
+def smoothadv_warmup_epsilon(epoch: int, epsilon: float, warmup_epochs: int) -> float:
+  """The victim's SmoothAdv radius at ``epoch``: a linear warm-up (Salman et al. 2019).
+
+  ``epsilon_t = epsilon * min(1, epoch / warmup_epochs)``, ``epoch`` counting from 0 (so
+  epoch 0 trains on clean points plus noise); no warm-up if ``warmup_epochs <= 0``.
+
+  Args:
+    epoch: the epoch about to be trained (from 0).
+    epsilon: the final L2 radius.
+    warmup_epochs: epochs to reach it.
+
+  Returns:
+    The radius as a Python float (traced by the step, so it never recompiles).
+  """
+  if warmup_epochs <= 0:
+    return float(epsilon)
+  return float(epsilon) * min(1.0, epoch / warmup_epochs)
+
+
+def smoothadv_cycle_epsilon(epoch: int, epsilon: float, cycle: int = 20) -> float:
+  """The SmoothAdv radius of the PACD reference attack's inner problem (Mehra 2021).
+
+  The reference re-warms the victim's attack within every ``cycle``-epoch cycle of
+  surrogate re-initialisations; with ``r = epoch % cycle`` (``epoch`` from 1)::
+
+      r == 1: 0 (no attack)    r in {2, 3, 4}: 0.2 r epsilon    r == 0: 0    else: epsilon
+
+  Args:
+    epoch: the attack's epoch, counting from 1 as in the reference.
+    epsilon: the full L2 radius.
+    cycle: the cycle's length in epochs (the reference's 20).
+
+  Returns:
+    The radius as a Python float.
+  """
+  r = epoch % cycle
+  if r in (0, 1):
+    return 0.0
+  if r in (2, 3, 4):
+    return 0.2 * r * float(epsilon)
+  return float(epsilon)

@@ -5,17 +5,21 @@ poison file applied), trains with the config's method and writes everything to
 ``workdir``:
 
 * ``config.json``: the resolved config, written first;
+* ``settings.json``: what a resumed run must match: the config and fingerprints of the
+  inputs (the SHA-256 of the poison file and of the training split actually trained on);
 * ``metrics.jsonl``: one JSON line per logged step (loss, accuracy, images/s) and per
   evaluation (clean accuracy overall and per class);
 * ``checkpoints/``: orbax checkpoints at epoch ends; a run restarted with the same
-  workdir resumes from the last one and ends with exactly the weights of an
+  workdir resumes from the newest intact one and ends with exactly the weights of an
   uninterrupted run (batches and noise come from ``fold_in(key, epoch | step)``);
 * ``summary.json``: final clean test accuracy overall, per class and on
   ``config.target_class``; training time and images/s; number of parameters.
 
-A workdir holds one run: restarting with a config that differs in anything but
-``num_epochs`` and the logging/evaluation fields raises ``ValueError``. Runs alike in one
-process (victims on clean and poisoned data) share one compiled step.
+A workdir holds one run: restarting with other settings (anything but the fields of
+``RESUMABLE_FIELDS``) or other inputs (a poison file changed under the same path, another
+training split) raises ``rsp.workdir.SettingsMismatchError`` (a ``ValueError``) listing
+every difference, before any file is written. Runs alike in one process (victims on clean
+and poisoned data) share one compiled step.
 
 The step is data parallel over all local devices: the batch is sharded along a
 ``'data'`` mesh axis and the state replicated (``jax.sharding``); XLA inserts the
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -41,10 +44,10 @@ import optax
 
 from rsp import checkpointing
 from rsp import data as data_lib
-from rsp import metrics as metrics_lib
 from rsp import models
 from rsp import robust_training
 from rsp import validation
+from rsp import workdir as workdir_lib
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -69,8 +72,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model={config.model!r} takes images of shape '
                      f'{models.input_shape(config.model)}, but config.dataset='
                      f'{config.dataset!r} has images of shape {shape}.')
+  robust_training.validate_hparams(config.method, prefix='config.loss.',
+                                   **dict(config.loss))
   robust_training.get_loss(config.method, **dict(config.loss))
   validation.check_ints('config.', config, ('batch_size', 'num_epochs', 'eval_batch_size'))
+  num_classes = data_lib.info(config.dataset)['num_classes']
+  if config.get('target_class') is not None:
+    validation.check_int('config.target_class', config.target_class, 0, num_classes - 1,
+                         meaning=f'a class of {config.dataset!r}')
   if config.learning_rate <= 0:
     raise ValueError(f'config.learning_rate={config.learning_rate} must be > 0.')
   validation.check_choice('config.optimizer', config.optimizer, _OPTIMIZERS)
@@ -122,29 +131,6 @@ def _init_state(key, model, tx, image_shape, sharding=None) -> TrainState:
   return state if sharding is None else jax.device_put(state, sharding)
 
 
-def random_crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-  """Pad-``pad`` random crop and random horizontal flip, independently per image.
-
-  (The reference code draws one crop offset for the whole batch, SPEC.md G.2; per-image
-  offsets are the standard augmentation of the papers it follows.)
-  """
-  b, h, w, _ = images.shape
-  k_off, k_flip = jax.random.split(key)
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  offsets = jax.random.randint(k_off, (b, 2), 0, 2 * pad + 1)
-  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
-  cropped = jax.vmap(crop)(padded, offsets)
-  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
-  return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1], cropped)
-
-
-def smoothadv_epsilon(epoch: int, epsilon: float, warmup_epochs: int) -> float:
-  """SmoothAdv's linear warm-up: ``eps * min(1, epoch / warmup)`` (epoch 0 is clean)."""
-  if warmup_epochs <= 0:
-    return float(epsilon)
-  return float(epsilon) * min(1.0, epoch / warmup_epochs)
-
-
 def make_train_step(loss_fn: Callable[..., Any], train_apply_fn,
                     tx: optax.GradientTransformation, *, augment: bool = False,
                     dynamic_hparams: tuple[str, ...] = (), donate: bool = False):
@@ -160,7 +146,7 @@ def make_train_step(loss_fn: Callable[..., Any], train_apply_fn,
     k_aug, k_loss = jax.random.split(key)
     images = batch['image']
     if augment:
-      images = random_crop_flip(k_aug, images)
+      images = data_lib.random_crop_flip(k_aug, images)
     batch = {'image': images, 'label': batch['label']}
     kwargs = {k: hparams[k] for k in dynamic_hparams}
 
@@ -222,7 +208,10 @@ _OPTIMIZER_FIELDS = ('optimizer', 'learning_rate', 'momentum', 'weight_decay')
 
 
 def _hashable(x: Any) -> Any:
+  """``x`` as a hashable cache key: mappings and sequences as sorted tuples, 0-d numpy
+  and jax scalars (``jnp.float32(0.5)``) as the Python numbers they hold."""
   if isinstance(x, Mapping):
+    x = robust_training.plain_hparams(x)
     return tuple(sorted((k, _hashable(v)) for k, v in x.items()))
   if isinstance(x, (list, tuple)):
     return tuple(_hashable(v) for v in x)
@@ -271,40 +260,28 @@ def _data_sharding():
           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _trim_metrics(path: str, last_step: int) -> None:
-  """Drops metric lines logged after the checkpoint a resumed run restarts from (and a
-  line cut short by a kill), so that the resumed run logs every step exactly once."""
-  if not os.path.exists(path):
-    return
-  records = metrics_lib.read_json_lines(path)
-  keep = [r for r in records if r.get('step', 0) <= last_step]
-  with open(path) as f:
-    unchanged = len(keep) == len(records) and f.read().endswith('\n')
-  if not unchanged or os.path.getsize(path) == 0:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in keep)
-    os.replace(tmp, path)
+# The config fields a resumed run may change (dotted paths into settings.json): they do
+# not alter the trained weights. The poison file's path may change because its content is
+# fingerprinted (inputs.poison_file), and so may data_dir (inputs.train_data).
+RESUMABLE_FIELDS = ('config.num_epochs', 'config.log_every_steps',
+                    'config.eval_every_epochs', 'config.eval_batch_size',
+                    'config.target_class', 'config.data_dir', 'config.poison_file')
 
 
-# Config fields a resumed run may change: they do not alter the trained weights.
-_RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'eval_every_epochs',
-                      'eval_batch_size', 'target_class', 'data_dir')
+def run_settings(config: ml_collections.ConfigDict,
+                 train_ds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """What a training workdir records in ``settings.json`` and a resumed run must match.
 
-
-def _check_same_run(config: ml_collections.ConfigDict, path: str) -> None:
-  """Raises ValueError if ``path`` records a run with other training settings."""
-  if not os.path.isfile(path):
-    return
-  old = metrics_lib.read_json(path)
-  new = json.loads(json.dumps(config.to_dict(), default=metrics_lib._jsonable))  # pylint: disable=protected-access
-  differ = sorted(k for k in set(old) | set(new)
-                  if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
-  if differ:
-    raise ValueError(
-        f'{path} records a run with other settings ({", ".join(differ)}: '
-        f'{[old.get(k) for k in differ]} there, {[new.get(k) for k in differ]} now); '
-        'resuming would mix two runs. Use another workdir.')
+  ``{'config': the config, 'inputs': {'poison_file': SHA-256 of the poison file (None
+  without one), 'train_data': SHA-256 of the training images and labels trained on
+  (after poisoning and subsetting)}}``.
+  """
+  poison_file = config.get('poison_file')
+  return {'config': config.to_dict(),
+          'inputs': {'poison_file': workdir_lib.file_digest(poison_file)
+                                    if poison_file else None,
+                     'train_data': workdir_lib.array_digest(train_ds['image'],
+                                                            train_ds['label'])}}
 
 
 def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np.ndarray]],
@@ -315,15 +292,17 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
     config: a training config (see ``rsp/configs/train_mnist.py``).
     splits: ``{'train': ds, 'test': ds}`` (``'val'`` unused); the train split may hold
       poisons.
-    workdir: where config, metrics, checkpoints and summary go. If it holds a
-      checkpoint of the same run (same config up to ``num_epochs`` and logging), training
-      resumes from it.
+    workdir: where config, settings, metrics, checkpoints and summary go. If it holds
+      a checkpoint of the same run (same settings up to ``RESUMABLE_FIELDS``, same
+      inputs), training resumes from the newest intact one.
 
   Returns:
     The trained model, its evaluation-mode ``apply_fn`` and the summary.
 
   Raises:
-    ValueError: a bad config or split, or a workdir holding another run; raised before
+    ValueError: a bad config or split, or a workdir holding another run
+      (``rsp.workdir.SettingsMismatchError``) or unusable (``rsp.workdir.WorkdirError``:
+      a file where a directory belongs, read-only, a damaged record); raised before
       anything is written.
   """
   validate_config(config)
@@ -339,10 +318,19 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
   if n_train < config.batch_size:
     raise ValueError(f'config.batch_size={config.batch_size} exceeds the {n_train} '
                      'training examples.')
-  config_path = os.path.join(workdir, 'config.json')
-  _check_same_run(config, config_path)
-  os.makedirs(workdir, exist_ok=True)
-  metrics_lib.write_json_atomic(config_path, config.to_dict())
+  subset = config.get('train_subset', 0)
+  if subset and subset > n_train:
+    raise ValueError(f'config.train_subset={subset} exceeds the {n_train} training '
+                     f'examples; accepted: 1 to {n_train}, or 0 for all of them.')
+  settings = run_settings(config, train_ds)
+  settings_path = os.path.join(workdir, 'settings.json')
+  workdir_lib.check_settings(settings_path, settings, resumable=RESUMABLE_FIELDS,
+                             what='training run')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  workdir_lib.ensure_directory(workdir, name='workdir')
+  workdir_lib.ensure_directory(ckpt_dir, name='checkpoint directory')
+  workdir_lib.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  workdir_lib.write_json(settings_path, settings)
 
   model = models.get_model(config.model, num_classes, **dict(config.get('model_kwargs', {})))
   dynamic = ('epsilon',) if config.method == 'smoothadv' else ()
@@ -361,25 +349,25 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
   total_steps = steps_per_epoch * config.num_epochs
   eval_every = config.get('eval_every_epochs', 0)
   log_every = max(1, config.get('log_every_steps', 50))
-  with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     state, meta = ckpt.restore_or_init(state, {'epoch': 0, 'train_seconds': 0.0})
     state = jax.device_put(state, replicated)
     start_epoch = int(meta['epoch'])
     train_seconds = float(meta['train_seconds'])
     step = int(state.step)  # Tracked on the host: reading state.step would sync.
-    _trim_metrics(metrics_path, step)
+    workdir_lib.trim_json_lines(metrics_path, step)
     if start_epoch:
       logging.info('Resuming from epoch %d (step %d) in %s.', start_epoch, step, workdir)
     if start_epoch > config.num_epochs:
       logging.warning('%s holds a run of %d epochs; config.num_epochs=%d trains no more.',
                       workdir, start_epoch, config.num_epochs)
-    with metrics_lib.MetricWriter(metrics_path) as writer:
+    with workdir_lib.JsonLinesWriter(metrics_path) as writer:
       for epoch in range(start_epoch, config.num_epochs):
         t_epoch = t_log = time.time()
         step_log = step
         hparams = {}
         if config.method == 'smoothadv':
-          hparams['epsilon'] = jnp.float32(smoothadv_epsilon(
+          hparams['epsilon'] = jnp.float32(robust_training.smoothadv_warmup_epsilon(
               epoch, config.loss.epsilon, config.get('smoothadv_warmup_epochs', 0)))
         for batch in data_lib.epoch_batches(jax.random.fold_in(data_key, epoch), train_ds,
                                             config.batch_size):
@@ -430,57 +418,46 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
   if target is not None:
     summary['target_class'] = int(target)
     summary['target_test_accuracy'] = ev['per_class_accuracy'][int(target)]
-  metrics_lib.write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
+  workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info('Done: test accuracy %.4f after %.0f s of training.', ev['accuracy'],
                train_seconds)
   return TrainedModel(model=model, variables=variables, apply_fn=apply_fn,
                       config=config, num_classes=num_classes, summary=summary)
 
 
-def load_splits(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
-  """The config's data set, with ``config.poison_file`` applied to train if set, then
-  ``config.train_subset`` training points kept (drawn by ``config.data_seed``) if > 0."""
-  kwargs = {}
-  if config.get('data_dir'):
-    kwargs['data_dir'] = config.data_dir
-  splits = data_lib.load(config.dataset, seed=config.get('data_seed', 0), **kwargs)
-  if config.get('poison_file'):
-    poison = data_lib.load_poisons(config.poison_file, train=splits['train'])
-    splits['train'] = data_lib.apply_poison(splits['train'], poison['indices'],
-                                            poison['poisons'])
-  if config.get('train_subset', 0):  # After poisoning: indices refer to the full split.
-    idx = data_lib.seeded_subset_indices(len(splits['train']['label']),
-                                         config.train_subset, config.get('data_seed', 0))
-    splits['train'] = data_lib.subset(splits['train'], idx)
-  return splits
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainedModel:
   """Loads the config's data, trains, evaluates; see the module docstring."""
   validate_config(config)
-  return train(config, load_splits(config), workdir)
+  return train(config, data_lib.load_splits(config), workdir)
 
 
 def load_trained(workdir: str) -> TrainedModel:
-  """The model a finished (or interrupted) ``train`` run left in ``workdir``."""
+  """The model a finished (or interrupted) ``train`` run left in ``workdir``.
+
+  Restores the newest intact checkpoint (see ``rsp.checkpointing``).
+
+  Raises:
+    ValueError: ``workdir`` holds no training run, a damaged ``config.json`` (named), or
+      no checkpoint yet.
+  """
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise ValueError(f'workdir={workdir!r} holds no config.json: not a training run.')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(workdir_lib.read_json(path))
   info = data_lib.info(config.dataset)
   model = models.get_model(config.model, info['num_classes'],
                            **dict(config.get('model_kwargs', {})))
   like = _init_state(jax.random.key(0), model, _optimizer(_optimizer_spec(config)),
                      info['shape'])
-  with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints')) as ckpt:
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise ValueError(f'workdir={workdir!r} holds no checkpoint yet.')
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     if ckpt.latest_step() is None:
       raise ValueError(f'workdir={workdir!r} holds no checkpoint yet.')
-    state, _ = ckpt.restore(ckpt.latest_step(), like)
-  summary = {}
-  if os.path.isfile(os.path.join(workdir, 'summary.json')):
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      summary = json.load(f)
+    state, _ = ckpt.restore_or_init(like)
+  summary_path = os.path.join(workdir, 'summary.json')
+  summary = workdir_lib.read_json(summary_path) if os.path.isfile(summary_path) else {}
   variables = jax.device_get(models.merge_variables(state.params, state.model_state))
   return TrainedModel(model=model, variables=variables, apply_fn=models.make_apply_fn(model),
                       config=config, num_classes=info['num_classes'], summary=summary)

@@ -22,13 +22,14 @@ settings?" check that a resumed run passes before it does any work:
   digests that the settings check compares, so a file changed under the same path is
   refused.
 
-Example::
+Example (``settings.json`` beside the resolved ``config.json``, which other tools read
+as the config alone)::
 
   settings = {'config': config.to_dict(),
-              'inputs': {'poison_file': workdir_lib.file_fingerprint(path)}}
-  workdir_lib.check_settings(os.path.join(workdir, 'config.json'), settings,
-                             resumable=('num_epochs',), what='training run')
-  workdir_lib.write_json(os.path.join(workdir, 'config.json'), settings)
+              'inputs': {'poison_file': workdir_lib.file_digest(path)}}
+  workdir_lib.check_settings(os.path.join(workdir, 'settings.json'), settings,
+                             resumable=('config.num_epochs',), what='training run')
+  workdir_lib.write_json(os.path.join(workdir, 'settings.json'), settings)
 """
 
 from __future__ import annotations
@@ -370,6 +371,12 @@ def differences(recorded: Any, current: Any, *, resumable: Sequence[str] = (),
   return []
 
 
+def _flag(field: str, prefix: str) -> str:
+  """The flag that sets ``field``: settings recorded as ``{'config': ..., 'inputs': ...}``
+  name ``config.seed``, which is the flag ``--config.seed`` itself."""
+  return field if field.startswith(prefix + '.') else f'{prefix}.{field}'
+
+
 def check_settings(path: str, current: Any, *, resumable: Sequence[str] = (),
                    what: str = 'run', override_prefix: str = 'config') -> bool:
   """Refuses to resume a run whose recorded settings differ from ``current``.
@@ -382,7 +389,10 @@ def check_settings(path: str, current: Any, *, resumable: Sequence[str] = (),
     resumable: fields that a resumed run may change because they do not change its
       result (dotted paths, or bare names matching at any depth).
     what: what the workdir holds, for the message ("training run", "attack", ...).
-    override_prefix: how a flag names a field, for the suggested overrides.
+    override_prefix: how a flag names a field, for the suggested overrides (a field
+      already under it, ``config.seed`` in ``{'config': ..., 'inputs': ...}``, is not
+      prefixed twice). Fields under ``inputs`` get no suggestion: a file's content is
+      not a flag.
 
   Returns:
     True if a record existed (and matched), False if there was none.
@@ -402,7 +412,7 @@ def check_settings(path: str, current: Any, *, resumable: Sequence[str] = (),
     return True
   lines = '\n'.join(f'  {field}: {_short(old)} there, {_short(new)} now'
                     for field, old, new in diff)
-  overrides = ' '.join(f'--{override_prefix}.{field}={json.dumps(old)}'
+  overrides = ' '.join(f'--{_flag(field, override_prefix)}={json.dumps(old)}'
                        for field, old, _ in diff
                        if not isinstance(old, (dict, list)) and old is not None
                        and not field.startswith('inputs'))

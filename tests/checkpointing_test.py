@@ -1,4 +1,5 @@
-"""Tests of rsp.checkpointing: save/restore round trips, restore_or_init, retention, logs.
+"""Tests of rsp.checkpointing: save/restore round trips, restore_or_init, retention, logs,
+odd directories and the fallback from a damaged newest checkpoint.
 
 All deterministic (no random failures): the arrays are fixed and compared bit for bit.
 """
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from rsp import checkpointing
+from rsp import workdir as workdir_lib
 
 
 def _state(offset: float = 0.0):
@@ -84,3 +86,42 @@ def test_quiet_orbax_logging_filters_orbax_info_only():
   assert not checkpointing._not_orbax_info(record(logging.INFO, orbax_file))
   assert checkpointing._not_orbax_info(record(logging.WARNING, orbax_file))
   assert checkpointing._not_orbax_info(record(logging.INFO, '/work/rsp/train.py'))
+
+
+def test_a_file_where_the_directory_belongs_is_refused_at_once(tmp_path):
+  (tmp_path / 'ckpt').write_text('')
+  with pytest.raises(workdir_lib.WorkdirError, match='ckpt.*is a file'):
+    checkpointing.Checkpointer(str(tmp_path / 'ckpt'))
+
+
+def test_a_damaged_newest_step_falls_back_and_is_set_aside_when_saved_again(tmp_path,
+                                                                            caplog):
+  directory = str(tmp_path / 'ckpt')
+  with checkpointing.Checkpointer(directory) as ckpt:
+    ckpt.save(1, _state(1.0), {'step': 1})
+    ckpt.save(2, _state(2.0), {'step': 2})
+  meta_file = os.path.join(directory, '2', 'meta', 'metadata')
+  with open(meta_file, 'r+b') as f:
+    f.truncate(os.path.getsize(meta_file) // 2)
+  with checkpointing.Checkpointer(directory) as ckpt:
+    with caplog.at_level('WARNING'):
+      state, meta = ckpt.restore_or_init(_state(), {'step': 0})
+    _assert_same(state, _state(1.0))
+    assert meta == {'step': 1}
+    assert 'step 2' in caplog.text and 'falling back' in caplog.text
+    assert sorted(os.listdir(directory)) == ['1', '2']  # Nothing moved yet.
+    ckpt.save(2, _state(22.0), {'step': 2})
+    _assert_same(ckpt.restore(2, _state())[0], _state(22.0))
+  assert sorted(os.listdir(directory)) == ['1', '2', '2.corrupt']
+  with checkpointing.Checkpointer(directory) as ckpt:
+    assert ckpt.latest_step() == 2
+
+
+def test_no_restorable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  directory = str(tmp_path / 'ckpt')
+  with checkpointing.Checkpointer(directory) as ckpt:
+    ckpt.save(1, _state(1.0))
+  with checkpointing.Checkpointer(directory) as ckpt:
+    with pytest.raises(workdir_lib.WorkdirError, match='no checkpoint .* can be restored'):
+      ckpt.restore_or_init({'other': jnp.zeros(3)})
+  assert sorted(os.listdir(directory)) == ['1']  # Left as it was.

@@ -1,15 +1,21 @@
 """Tests of rsp.data: the paper's splits, determinism by seed, TFDS through
-``tfds.testing.mock_data`` (no network), selections, batching by key and poison files."""
+``tfds.testing.mock_data`` (no network), selections, batching by key, augmentation,
+poison files and a run's splits (``load_splits``).
+
+Every test is deterministic (fixed seeds and keys): none can fail by chance.
+"""
 
 import os
 import pickle
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from rsp import data
+from rsp import workdir as workdir_lib
 
 
 @pytest.fixture(scope='module')
@@ -228,6 +234,20 @@ def test_epoch_batches_are_determined_by_the_key():
     next(data.epoch_batches(key, ds, 0))
 
 
+def test_random_crop_flip_shifts_and_mirrors_each_image():
+  images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
+  out = data.random_crop_flip(jax.random.key(1), images, pad=2)
+  assert out.shape == images.shape
+  # Each output is a shifted (zero-padded), possibly mirrored copy of its input.
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(6):
+    crops = [padded[i, a:a + 8, b:b + 8] for a in range(5) for b in range(5)]
+    assert any(np.array_equal(out[i], c) or np.array_equal(out[i], c[:, ::-1])
+               for c in crops)
+  np.testing.assert_array_equal(out, data.random_crop_flip(jax.random.key(1), images,
+                                                           pad=2))
+
+
 # ------------------------------------------------------------------------------------
 # Poison files.
 
@@ -293,6 +313,23 @@ def test_save_poisons_refuses_bad_sets_and_writes_nothing(tmp_path, name, kwargs
   assert os.listdir(tmp_path) == []
 
 
+def test_a_failed_poison_write_leaves_the_old_file_and_no_temporary(tmp_path,
+                                                                     monkeypatch):
+  train, args = _poison_set()
+  path = str(tmp_path / 'poisons.npz')
+  data.save_poisons(path, train=train, **args)
+  before = workdir_lib.file_digest(path)
+
+  def killed(*unused_args, **unused_kwargs):
+    raise KeyboardInterrupt()
+
+  monkeypatch.setattr(data.np, 'savez', killed)
+  with pytest.raises(KeyboardInterrupt):
+    data.save_poisons(path, train=train, **dict(args, poisons=args['clean_images']))
+  assert os.listdir(tmp_path) == ['poisons.npz']
+  assert workdir_lib.file_digest(path) == before
+
+
 def test_load_poisons_validates(tmp_path):
   train, args = _poison_set()
   # A file whose arrays were tampered with after saving is refused on load.
@@ -333,3 +370,67 @@ def test_load_poisons_never_unpickles(tmp_path):
   np.savez(missing, poisons=args['poisons'])
   with pytest.raises(ValueError, match='missing'):
     data.load_poisons(missing)
+
+
+# ------------------------------------------------------------------------------------
+# A run's splits.
+
+
+def _run_config(**fields):
+  return ml_collections.ConfigDict(dict(dict(
+      dataset='mnist_embedded', data_dir='', data_seed=0, train_subset=0,
+      poison_file='', target_class=8), **fields))
+
+
+def _embedded_poisons(path, **metadata):
+  train = data.load('mnist_embedded', seed=0)['train']
+  idx = data.class_indices(train, 8)
+  clean = train['image'][idx]
+  meta = dict(dict(dataset='mnist_embedded', data_seed=0, target_class=8, eps=0.1),
+              **metadata)
+  data.save_poisons(path, poisons=np.clip(clean + 0.1, 0, 1), indices=idx,
+                    clean_images=clean, labels=train['label'][idx], metadata=meta)
+  return idx
+
+
+def test_load_splits_poisons_then_subsets(embedded, tmp_path):
+  path = str(tmp_path / 'poisons.npz')
+  idx = _embedded_poisons(path)
+  splits = data.load_splits(_run_config(poison_file=path, train_subset=500))
+  expected = data.apply_poison(embedded['train'], idx,
+                               np.clip(embedded['train']['image'][idx] + 0.1, 0, 1))
+  keep = data.seeded_subset_indices(3500, 500, 0)
+  np.testing.assert_array_equal(splits['train']['image'], expected['image'][keep])
+  np.testing.assert_array_equal(splits['train']['label'], expected['label'][keep])
+  np.testing.assert_array_equal(splits['test']['image'], embedded['test']['image'])
+  clean = data.load_splits(_run_config())
+  np.testing.assert_array_equal(clean['train']['image'], embedded['train']['image'])
+
+
+def test_load_splits_refuses_a_subset_beyond_the_split():
+  with pytest.raises(ValueError, match=r'config.train_subset=3501 exceeds the 3500 points '
+                                       r"of the 'mnist_embedded' training split"):
+    data.load_splits(_run_config(train_subset=3501))
+
+
+@pytest.mark.parametrize('field,metadata,config', [
+    ('dataset', dict(dataset='mnist'), {}),
+    ('data_seed', dict(data_seed=3), {}),
+    ('target_class', dict(target_class=1), {}),
+    ('eps', {}, dict(eps=0.03)),
+])
+def test_load_splits_refuses_poisons_made_for_another_run(field, metadata, config,
+                                                          tmp_path):
+  path = str(tmp_path / 'poisons.npz')
+  _embedded_poisons(path, **metadata)
+  with pytest.raises(ValueError, match=rf'^config.{field}=.*config.poison_file=.* was made '
+                                       rf'with {field}='):
+    data.load_splits(_run_config(poison_file=path, **config))
+
+
+def test_check_poison_metadata_skips_what_either_side_lacks():
+  meta = {'dataset': 'mnist', 'eps': 0.1}
+  data.check_poison_metadata(meta, _run_config(dataset='mnist', target_class=None),
+                             path='p.npz')
+  data.check_poison_metadata(meta, _run_config(dataset='mnist', eps=0.1 + 1e-12),
+                             path='p.npz')

@@ -346,9 +346,15 @@ def test_loss_defaults():
 
 
 @pytest.mark.parametrize('method,hparams,match', [
-    ('gaussian', dict(sigma=-0.1), 'sigma=-0.1 is invalid; accepted: sigma >= 0'),
+    ('gaussian', dict(sigma=-0.1), "sigma=-0.1 is invalid for method 'gaussian'; "
+     'accepted: sigma > 0'),
+    ('gaussian', dict(sigma=0.0), 'sigma=0.0 is invalid.*sigma > 0'),
     ('smoothadv', dict(sigma=-1.0), 'sigma'),
+    ('smoothadv', dict(sigma=0.0), 'sigma=0.0 is invalid.*sigma > 0'),
     ('macer', dict(sigma=0.0), 'sigma > 0'),
+    ('gaussian', dict(sigma=jnp.float32(0.0)), 'sigma=0.0 is invalid'),
+    ('gaussian', dict(sigma=np.ones(2)), 'sigma'),
+    ('gaussian', dict(num_noise=True), 'num_noise'),
     ('gaussian', dict(num_noise=0), 'num_noise'),
     ('gaussian', dict(num_noise=2.0), 'num_noise'),
     ('gaussian', dict(sigma='big'), 'sigma'),
@@ -367,6 +373,25 @@ def test_bad_hparams_raise(method, hparams, match):
     rt.get_loss(method, **hparams)
 
 
+def test_numpy_and_jax_scalars_are_accepted_as_the_numbers_they_hold():
+  """``jnp.float32(0.5)`` and ``np.int64(2)`` work wherever ``0.5`` and ``2`` do."""
+  bound = rt.get_loss('macer', sigma=jnp.float32(0.5), num_noise=np.int64(2),
+                      lbd=np.float32(1.0))
+  assert bound.keywords == {'sigma': 0.5, 'num_noise': 2, 'lbd': 1.0}
+  assert type(bound.keywords['sigma']) is float and type(bound.keywords['num_noise']) is int
+  rt.validate_hparams('smoothadv', sigma=np.float64(0.25), epsilon=jnp.asarray(1.0),
+                      num_steps=np.int32(2))
+  params, batch = linear_problem()
+  loss, _ = bound(params, {}, batch, jax.random.key(0), apply_fn=linear_apply)
+  assert np.isfinite(float(loss))
+
+
+def test_validate_hparams_names_the_config_path():
+  with pytest.raises(ValueError, match=r"^config.loss.sigma=0.0 is invalid for method "
+                                       r"'gaussian'; accepted: sigma > 0.$"):
+    rt.validate_hparams('gaussian', prefix='config.loss.', sigma=0.0)
+
+
 def test_bad_method_and_direct_calls_raise():
   with pytest.raises(ValueError, match="method='trades' is not known; accepted: standard"):
     rt.get_loss('trades')
@@ -378,3 +403,24 @@ def test_bad_method_and_direct_calls_raise():
     rt.smoothadv_perturbation(params, {}, batch['image'], batch['label'],
                               jnp.zeros((8, 1, *SHAPE)), apply_fn=linear_apply,
                               epsilon=0.5, pgd='fgsm')
+
+
+# ------------------------------------------------------------------------------------
+# SmoothAdv's radius schedules.
+
+
+def test_smoothadv_warmup_epsilon_is_linear_then_flat():
+  assert [rt.smoothadv_warmup_epsilon(e, 1.0, 10) for e in (0, 1, 5, 10, 50)] == \
+      [0.0, 0.1, 0.5, 1.0, 1.0]
+  assert rt.smoothadv_warmup_epsilon(0, 0.5, 0) == 0.5  # No warm-up.
+  assert rt.smoothadv_warmup_epsilon(3, 2.0, 4) == 1.5
+
+
+def test_smoothadv_cycle_epsilon_follows_the_reference_attack():
+  eps = [rt.smoothadv_cycle_epsilon(e, 1.0) for e in range(1, 42)]
+  for start in (0, 20):  # Two cycles: epochs 1-20 and 21-40.
+    cycle = eps[start:start + 20]
+    assert cycle[0] == 0.0 and cycle[19] == 0.0   # epochs 1 and 20 (mod 20)
+    np.testing.assert_allclose(cycle[1:4], [0.4, 0.6, 0.8])  # epochs 2-4
+    assert all(e == 1.0 for e in cycle[4:19])
+  assert rt.smoothadv_cycle_epsilon(3, 0.5, cycle=10) == pytest.approx(0.3)

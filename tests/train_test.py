@@ -1,23 +1,32 @@
 """Tests of rsp.train: the real loop on the tiny config, exact resumption after a kill,
 data parallelism on 4 fake CPU devices, the paper-scale configs on mock TFDS data, the
-argument checks and experiments/train.py end to end."""
+argument checks, the run record's refusals and recoveries (other settings or inputs, odd
+workdirs, a damaged checkpoint) and experiments/train.py end to end.
+
+Every test is deterministic (fixed seeds and keys, bit-for-bit comparisons or exact
+messages): none can fail by chance.
+"""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from rsp import data
-from rsp import metrics
 from rsp import models
 from rsp import robust_training
 from rsp import train
+from rsp import workdir as workdir_lib
 from rsp.configs import train_cifar10
 from rsp.configs import train_mnist
 
@@ -58,6 +67,17 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+def _snapshot(directory):
+  """Every file under ``directory`` with its size and modification time."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      st = os.stat(os.path.join(root, name))
+      out[os.path.relpath(os.path.join(root, name), directory)] = (st.st_size,
+                                                                   st.st_mtime_ns)
+  return out
+
+
 # ------------------------------------------------------------------------------------
 # The loop and its record.
 
@@ -66,16 +86,22 @@ def test_tiny_run_writes_its_record(tiny_run):
   workdir, result = tiny_run
   config = tiny_config()
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
-                                         'summary.json']
-  assert metrics.read_json(os.path.join(workdir, 'config.json')) == config.to_dict()
-  records = metrics.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
+                                         'settings.json', 'summary.json']
+  assert workdir_lib.read_json(os.path.join(workdir, 'config.json')) == config.to_dict()
+  settings = workdir_lib.read_json(os.path.join(workdir, 'settings.json'))
+  assert settings['config'] == config.to_dict()
+  assert settings['inputs']['poison_file'] is None
+  train_split = data.load_splits(config)['train']
+  assert settings['inputs']['train_data'] == workdir_lib.array_digest(
+      train_split['image'], train_split['label'])
+  records = workdir_lib.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
   assert [r['step'] for r in records] == list(range(1, 9))  # log_every_steps = 1
   for r in records:
     assert set(r) >= {'loss', 'accuracy', 'grad_norm', 'images_per_second',
                       'seconds_left', 'epoch'}
     assert np.isfinite(r['loss']) and r['images_per_second'] > 0
   assert records[-1]['seconds_left'] == 0
-  summary = metrics.read_json(os.path.join(workdir, 'summary.json'))
+  summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
   assert summary == json.loads(json.dumps(result.summary))
   assert summary['steps'] == 8 and summary['num_train_examples'] == 64
   assert summary['num_params'] == 431_080
@@ -140,7 +166,7 @@ def test_killed_run_resumes_exactly(tiny_run, tmp_path, monkeypatch):
     train.train_and_evaluate(tiny_config(), workdir)
   monkeypatch.setattr(data, 'epoch_batches', epoch_batches)
   assert not os.path.exists(os.path.join(workdir, 'summary.json'))
-  steps = [r['step'] for r in metrics.read_json_lines(os.path.join(workdir,
+  steps = [r['step'] for r in workdir_lib.read_json_lines(os.path.join(workdir,
                                                                    'metrics.jsonl'))]
   assert steps == list(range(1, 7))
   # A line cut short by the kill is dropped too.
@@ -148,9 +174,9 @@ def test_killed_run_resumes_exactly(tiny_run, tmp_path, monkeypatch):
     f.write('{"step": 7, "lo')
   result = train.train_and_evaluate(tiny_config(), workdir)
   _assert_trees_equal(_params(workdir), _params(reference_dir))
-  records = metrics.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
+  records = workdir_lib.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
   assert [r['step'] for r in records] == list(range(1, 9))
-  reference = metrics.read_json_lines(os.path.join(reference_dir, 'metrics.jsonl'))
+  reference = workdir_lib.read_json_lines(os.path.join(reference_dir, 'metrics.jsonl'))
   for r, ref in zip(records, reference):
     assert r['loss'] == ref['loss']
   assert result.summary['steps'] == 8
@@ -158,11 +184,18 @@ def test_killed_run_resumes_exactly(tiny_run, tmp_path, monkeypatch):
   again = train.train_and_evaluate(tiny_config(), workdir)
   _assert_trees_equal(again.variables, result.variables)
   assert again.summary['test_accuracy'] == result.summary['test_accuracy']
-  # Another run in the same workdir is refused before it writes anything.
-  with pytest.raises(ValueError, match=r'other settings \(loss'):
+  # Another run in the same workdir is refused before it writes anything, naming every
+  # differing field.
+  before = _snapshot(workdir)
+  with pytest.raises(workdir_lib.SettingsMismatchError,
+                     match=r'config.loss.sigma: 0.5 there, 0.25 now'):
     train.train_and_evaluate(tiny_config(**{'loss.sigma': 0.25}), workdir)
-  with pytest.raises(ValueError, match='learning_rate, loss, method'):
+  with pytest.raises(ValueError) as e:
     train.train_and_evaluate(tiny_config('macer,tiny', learning_rate=0.01), workdir)
+  for field in ('config.learning_rate', 'config.loss.num_noise', 'config.method'):
+    assert field in str(e.value)
+  assert '--config.learning_rate=0.001' in str(e.value)
+  assert _snapshot(workdir) == before
 
 
 # ------------------------------------------------------------------------------------
@@ -175,7 +208,16 @@ def _bad_configs():
   yield 'method', tiny_config(method='trades'), "config.method='trades' is not known"
   c = tiny_config()
   c.loss.sigma = -0.5
-  yield 'sigma', c, r'sigma=-0.5 is invalid; accepted: sigma >= 0'
+  yield 'sigma', c, r'config.loss.sigma=-0.5 is invalid .*accepted: sigma > 0'
+  c = tiny_config()
+  c.loss.sigma = 0.0
+  yield 'sigma_zero', c, r'config.loss.sigma=0.0 is invalid .*accepted: sigma > 0'
+  yield 'target_negative', tiny_config(target_class=-1), \
+      r'config.target_class=-1 must be an integer >= 0'
+  yield 'target_too_big', tiny_config(target_class=10), \
+      r'config.target_class=10 must be at most 9'
+  yield 'subset_too_big', tiny_config(train_subset=3501), \
+      r'config.train_subset=3501 exceeds the 3500 points'
   yield 'shape', tiny_config(model='resnet20'), r'takes images of shape \(32, 32, 3\)'
   c = train_cifar10.get_config('gaussian,tiny')
   c.model = 'lenet'
@@ -195,6 +237,9 @@ _BAD = list(_bad_configs())
 
 @pytest.mark.parametrize('name,config,match', _BAD, ids=[b[0] for b in _BAD])
 def test_bad_configs_raise_before_any_work(name, config, match, tmp_path):
+  """Each bad field is refused by name before the workdir is made (target_class -1
+  once trained and reported class 9, 10 crashed after training, a too large
+  train_subset was clamped, sigma 0 trained without noise)."""
   del name
   workdir = tmp_path / 'run'
   with pytest.raises(ValueError, match=match):
@@ -218,19 +263,143 @@ def test_bad_splits_raise(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def test_smoothadv_warmup_and_augmentation():
-  assert [train.smoothadv_epsilon(e, 1.0, 10) for e in (0, 1, 5, 10, 50)] == \
-      [0.0, 0.1, 0.5, 1.0, 1.0]
-  assert train.smoothadv_epsilon(0, 0.5, 0) == 0.5
-  images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
-  out = train.random_crop_flip(jax.random.key(1), images, pad=2)
-  assert out.shape == images.shape
-  # Each output is a shifted (zero-padded), possibly mirrored copy of its input.
-  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
-  for i in range(6):
-    crops = [padded[i, a:a + 8, b:b + 8] for a in range(5) for b in range(5)]
-    assert any(np.array_equal(out[i], c) or np.array_equal(out[i], c[:, ::-1])
-               for c in crops)
+def test_train_subset_beyond_the_given_split_is_refused(tmp_path):
+  good = {'image': np.zeros((32, 28, 28, 1), np.float32), 'label': np.zeros(32, np.int32)}
+  with pytest.raises(ValueError, match='config.train_subset=64 exceeds the 32 training'):
+    train.train(tiny_config(), {'train': good, 'test': good}, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+# ------------------------------------------------------------------------------------
+# The run record: other inputs, odd workdirs, damaged files.
+
+
+def _write_poisons(path, *, shift=0.05, **metadata):
+  """A poison file for the embedded digits' class 8: every image brightened by
+  ``shift`` (clipped), with the tiny config's metadata unless overridden."""
+  train_split = data.load('mnist_embedded', seed=0)['train']
+  idx = data.class_indices(train_split, 8)
+  clean = train_split['image'][idx]
+  meta = dict(dict(dataset='mnist_embedded', data_seed=0, target_class=8, eps=0.1,
+                   method='test'), **metadata)
+  data.save_poisons(path, poisons=np.clip(clean + shift, 0, 1), indices=idx,
+                    clean_images=clean, labels=train_split['label'][idx], metadata=meta,
+                    train=train_split)
+  return path
+
+
+@pytest.mark.parametrize('field,metadata,overrides', [
+    ('dataset', dict(dataset='mnist'), {}),
+    ('target_class', dict(target_class=3), {}),
+    ('data_seed', dict(data_seed=1), {}),
+    ('eps', {}, dict(eps=0.05)),
+])
+def test_poison_file_made_for_another_run_is_refused(field, metadata, overrides, tmp_path):
+  """Deterministic. train.py used to train on such a file without a word."""
+  path = _write_poisons(str(tmp_path / 'poisons.npz'), **metadata)
+  config = tiny_config(poison_file=path)
+  for name, value in overrides.items():  # A run that states its budget (eps).
+    config[name] = value
+  with pytest.raises(ValueError, match=rf'config.{field}=.* was made with {field}='):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_poison_file_changed_under_the_same_path_is_refused(tiny_run, tmp_path):
+  """Deterministic. The settings record the poison file's SHA-256, not its name: new
+  content under the old path is refused before any file is written, naming
+  poison_file; the same content under a new path resumes."""
+  del tiny_run  # Compiles the step this run shares.
+  path = _write_poisons(str(tmp_path / 'poisons.npz'))
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(tiny_config(poison_file=path), workdir)
+  settings = workdir_lib.read_json(os.path.join(workdir, 'settings.json'))
+  assert settings['inputs']['poison_file'] == workdir_lib.file_digest(path)
+  moved = str(tmp_path / 'moved.npz')
+  shutil.copyfile(path, moved)
+  _write_poisons(path, shift=-0.05)
+  before = _snapshot(workdir)
+  with pytest.raises(workdir_lib.SettingsMismatchError) as e:
+    train.train_and_evaluate(tiny_config(poison_file=path), workdir)
+  message = str(e.value)
+  assert 'inputs.poison_file:' in message and 'inputs.train_data:' in message
+  assert _snapshot(workdir) == before
+  again = train.train_and_evaluate(tiny_config(poison_file=moved), workdir)
+  assert again.summary['steps'] == first.summary['steps'] == 8
+  _assert_trees_equal(again.variables, first.variables)
+
+
+def test_a_file_where_the_checkpoints_belong_fails_at_once(tmp_path):
+  """Deterministic. Orbax used to retry for 300 s on a file named checkpoints."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'checkpoints').write_text('not a directory')
+  start = time.time()
+  with pytest.raises(workdir_lib.WorkdirError, match='checkpoints.*is a file'):
+    train.train_and_evaluate(tiny_config(), str(workdir))
+  assert time.time() - start < 30
+  assert sorted(os.listdir(workdir)) == ['checkpoints']  # Nothing written.
+
+
+def test_a_read_only_workdir_is_reported(tmp_path, monkeypatch):
+  """Deterministic. Permission bits do not stop root (CI), so the refusal is simulated
+  by an ``os.access`` that denies writing."""
+  monkeypatch.setattr(workdir_lib.os, 'access', lambda path, mode: False)
+  with pytest.raises(workdir_lib.WorkdirError, match='read-only'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / 'run'))
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_older_one(tiny_run, tmp_path,
+                                                                   caplog):
+  """Deterministic. A file of the newest checkpoint (step 8) cut in half: the run warns,
+  resumes from step 4, retrains epoch 2 and ends with the uninterrupted run's weights."""
+  reference_dir, reference = tiny_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference_dir, workdir)
+  os.remove(os.path.join(workdir, 'summary.json'))
+  damaged = os.path.join(workdir, 'checkpoints', '8', 'state', '_METADATA')
+  with open(damaged, 'r+b') as f:
+    f.truncate(os.path.getsize(damaged) // 2)
+  with caplog.at_level('WARNING'):
+    result = train.train_and_evaluate(tiny_config(), workdir)
+  assert 'step 8' in caplog.text and 'falling back' in caplog.text
+  assert 'Resuming from checkpoint step 4' in caplog.text
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8',
+                                                                      '8.corrupt']
+  _assert_trees_equal(result.variables, reference.variables)
+  _assert_trees_equal(_params(workdir), reference.variables)
+  steps = [r['step'] for r in workdir_lib.read_json_lines(
+      os.path.join(workdir, 'metrics.jsonl'))]
+  assert steps == list(range(1, 9))
+
+
+@pytest.mark.parametrize('name', ['settings.json', 'config.json'])
+def test_a_truncated_record_names_the_file(name, tiny_run, tmp_path):
+  """Deterministic: a half-written JSON record is refused with its path."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(tiny_run[0], workdir)
+  path = os.path.join(workdir, name)
+  with open(path, 'r+') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(workdir_lib.WorkdirError, match=rf'{name}.*truncated'):
+    if name == 'settings.json':
+      train.train_and_evaluate(tiny_config(), workdir)
+    else:
+      train.load_trained(workdir)
+
+
+def test_numpy_and_jax_scalar_hyperparameters_are_accepted(tiny_run, tmp_path):
+  """Deterministic. ``sigma=jnp.float32(0.5)`` once failed ('unhashable type') when the
+  compiled step was looked up, and ``num_noise=np.int64(1)`` was refused; they train
+  exactly as ``sigma=0.5, num_noise=1``."""
+  _, reference = tiny_run
+  config = tiny_config()
+  config.loss = ml_collections.ConfigDict({'sigma': jnp.float32(0.5),
+                                           'num_noise': np.int64(1)})
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  _assert_trees_equal(result.variables, reference.variables)
+  recorded = workdir_lib.read_json(str(tmp_path / 'run' / 'config.json'))
+  assert recorded['loss'] == {'sigma': 0.5, 'num_noise': 1}
 
 
 # ------------------------------------------------------------------------------------
@@ -253,8 +422,8 @@ def paper_run(module_name: str, method: str, workdir: str) -> dict:
   config.eval_batch_size = 8
   with tfds.testing.mock_data(num_examples=10):
     result = train.train_and_evaluate(config, workdir)
-  saved = metrics.read_json(os.path.join(workdir, 'config.json'))
-  last = metrics.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))[-1]
+  saved = workdir_lib.read_json(os.path.join(workdir, 'config.json'))
+  last = workdir_lib.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))[-1]
   return dict(facts, steps=result.summary['steps'],
               num_params=result.summary['num_params'],
               finite_weights=all(bool(np.all(np.isfinite(v)))
@@ -409,7 +578,7 @@ def test_four_devices_and_the_script(tiny_run, four_device_run):
   assert 'clean test accuracy' in stdout and workdir in stdout
   assert 'step 8/8' in stderr  # Progress lines, not drowned by orbax's INFO lines.
   assert 'checkpoint_manager.py' not in stderr
-  summary = metrics.read_json(os.path.join(workdir, 'summary.json'))
+  summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
   assert len(summary['devices']) == 4 and summary['steps'] == 8
   ours, theirs = _params(workdir), _params(reference_dir)
   for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):

@@ -134,3 +134,15 @@ def test_digests_change_with_content_not_with_path(tmp_path):
   assert workdir_lib.array_digest(x) == workdir_lib.array_digest(x.copy())
   assert workdir_lib.array_digest(x) != workdir_lib.array_digest(x.reshape(2, 3))
   assert workdir_lib.array_digest(x) != workdir_lib.array_digest(x.astype(np.float64))
+
+
+def test_nested_config_fields_suggest_their_own_flags(tmp_path):
+  path = str(tmp_path / 'settings.json')
+  workdir_lib.write_json(path, {'config': {'seed': 0}, 'inputs': {'data': 'aa'}})
+  with pytest.raises(workdir_lib.SettingsMismatchError) as e:
+    workdir_lib.check_settings(path, {'config': {'seed': 1}, 'inputs': {'data': 'bb'}})
+  message = str(e.value)
+  assert 'config.seed: 0 there, 1 now' in message
+  assert "inputs.data: 'aa' there, 'bb' now" in message
+  assert '--config.seed=0' in message and '--config.config' not in message
+  assert '--config.inputs' not in message
