@@ -49,3 +49,19 @@ def test_check_ints_names_the_field():
     validation.check_ints('config.', c, ('a', 'b'))
   with pytest.raises(ValueError, match=r'config.missing=None'):
     validation.check_ints('config.', c, ('missing',))
+
+
+def test_nested_names_fields_by_their_full_path():
+  with pytest.raises(ValueError) as e:
+    with validation.nested('config.victims.gaussian'):
+      validation.check_int('config.num_epochs', 0)
+  assert str(e.value) == ('config.victims.gaussian.num_epochs=0 must be an integer '
+                          '>= 1.')
+  with pytest.raises(ValueError, match=r'^config\.certify: n=5 is too small$'):
+    with validation.nested('config.certify'):
+      raise ValueError('n=5 is too small')
+  with pytest.raises(ValueError, match=r'in the config\.$'):  # Not a field name.
+    with validation.nested('config.attacks.x'):
+      raise ValueError('config.attack.sigma must be set in the config.')
+  with validation.nested('config.x'):
+    pass  # Nothing raised, nothing changed.
