@@ -111,9 +111,9 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   # clipped), 'random_uniform' (U[-eps, eps], clipped), 'random_zero_mean' (+-eps sign
   # noise on the pixels in [eps, 1 - eps] only: no clipping, zero mean), 'no_target'
   # (the target class left out). 'none' is required: drops are measured against it.
-  c.poisons = tuple(poisons)
+  c.poison_kinds = tuple(poisons)
   c.poison_file = ''       # Use this poison file for 'pacd' instead of running PACD.
-  c.attack_methods = tuple(attacks)  # Which of c.attacks to run (keys).
+  c.crafted_against = tuple(attacks)  # Which of c.attacks to run (keys).
   c.attacks = ml_collections.ConfigDict({k: v for k, v in attacks.items()})
   c.train_methods = tuple(victims)   # Which of c.victims to train (keys).
   c.victims = ml_collections.ConfigDict({k: v for k, v in victims.items()})
@@ -135,8 +135,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       certify=certify_settings(mode))
   if mode == 'small':
     # 'no_target' (ACR about 0 by construction) is left out of the default run: one
-    # victim fewer keeps it within its CPU budget; add it with --config.poisons=...
-    c.poisons = ('none', 'pacd', 'random')
+    # victim fewer keeps it within its CPU budget; add it with --config.poison_kinds=...
+    c.poison_kinds = ('none', 'pacd', 'random')
   if mode == 'tiny':
     # 800 training points (about 80 of the target class, drawn after poisoning) for 24
     # steps at a larger learning rate: victims that certify some points; several epochs

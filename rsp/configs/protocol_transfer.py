@@ -31,7 +31,7 @@ Command::
     python experiments/run.py --config=rsp/configs/protocol_transfer.py \
         --workdir=/tmp/rsp/protocol_transfer
 
-Run one row of the matrix only with ``--config.attack_methods=macer``; add seeds with
+Run one row of the matrix only with ``--config.crafted_against=macer``; add seeds with
 ``--config.seeds=0,1,2``.
 """
 
