@@ -1,21 +1,19 @@
 r"""The evaluation protocol: poison, train victims from scratch, certify, report.
 
-``run_protocol(config, workdir)`` (what ``experiments/run.py`` calls), for a protocol
-config (``rsp/configs/protocol*.py``):
+``run_protocol(config, workdir)`` (``experiments/run.py``), for a protocol config
+(``rsp/configs/protocol*.py``):
 
-1. checks every setting, nested attack, victim and certification configs included, and
-   the workdir's record before any work (``validate_config``, ``check_workdir``);
-2. draws the certified points: a seeded subset of the target class's test points (and
-   optionally of all test points), the same for every victim;
-3. makes the poison sets (``make_poison_sets``): PACD (Mehra et al. 2021) crafted
+1. checks every setting, nested configs included, and the workdir's record before any
+   work (``validate_config``, ``check_workdir``);
+2. makes the poison sets (``make_poison_sets``): PACD (Mehra et al. 2021) crafted
    against each method of ``config.crafted_against`` (or ``config.poison_file``), and
    the baselines of ``rsp.baselines`` on the same images within the same eps;
-4. trains a victim from scratch for every cell of the grid training method x
+3. trains a victim from scratch for every cell of the grid training method x
    architecture x training set x seed (``resolve_cells``, ``run_cell``) and certifies
-   it (Cohen et al. 2019) at its training sigma with one key for all victims: point
-   ``idx`` sees the same noise in every cell, so the paired differences between victims
-   carry no Monte Carlo noise of the certification;
-5. computes drops, paired comparisons and intervals (``rsp.metrics``) and writes
+   it (Cohen et al. 2019) on the same seeded test points with one key for all victims:
+   point ``idx`` sees the same noise in every cell, so that paired differences between
+   victims carry no Monte Carlo noise of the certification;
+4. computes drops, paired comparisons and intervals (``rsp.metrics``), writes
    ``results.json`` and ``results.md``, then the figures (``rsp.report``).
 
 Workdir layout (the workdir is the record; every stage resumes)::
@@ -30,13 +28,8 @@ Workdir layout (the workdir is the record; every stage resumes)::
     WORKDIR/cells/<cell>/result.json    the cell's row, written when the cell is done
     WORKDIR/results.json, results.md, figures/*.png
 
-A restarted run redoes nothing finished, resumes what was interrupted, and ends with the
-same rows as an uninterrupted run; a workdir made with other settings is refused,
-naming every differing field (``rsp.workdir.check_settings``).
-
-References: A. Mehra et al., "How Robust are Randomized Smoothing based Defenses to Data
-Poisoning?", CVPR 2021; J. Cohen et al., "Certified Adversarial Robustness via
-Randomized Smoothing", ICML 2019.
+A restarted run redoes nothing finished, resumes what was interrupted and ends with the
+same rows as an uninterrupted run; a workdir made with other settings is refused.
 """
 
 from __future__ import annotations
@@ -80,7 +73,7 @@ class Cell:
   train_method: str
   arch: str
   poison: str            # One of POISON_KINDS.
-  crafted_against: str   # The training method PACD's poisons were crafted against; ''.
+  crafted_against: str   # For 'pacd': the method its poisons target ('' otherwise).
   seed: int
 
   @property
@@ -133,16 +126,13 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
   """
   methods = _names(config, 'train_methods')
   other = _names(config, 'other_arch_methods') or methods
-  cells = []
-  for a, arch in enumerate(_names(config, 'archs')):
-    for method in methods:
-      if a > 0 and method not in other:
-        continue
-      for kind in _names(config, 'poison_kinds'):
-        for against in (pacd_methods(config) if kind == 'pacd' else ('',)):
-          for seed in validation.distinct_ints('config.seeds', config.seeds):
-            cells.append(Cell(method, arch, kind, against, seed))
-  return cells
+  seeds = validation.distinct_ints('config.seeds', config.seeds)
+  return [Cell(method, arch, kind, against, seed)
+          for a, arch in enumerate(_names(config, 'archs'))
+          for method in methods if a == 0 or method in other
+          for kind in _names(config, 'poison_kinds')
+          for against in (pacd_methods(config) if kind == 'pacd' else ('',))
+          for seed in seeds]
 
 
 def attack_config(config: ml_collections.ConfigDict, method: str
@@ -202,12 +192,9 @@ def _validate_certify(c: ml_collections.ConfigDict) -> None:
   if not 0 < c.alpha < 0.5:
     raise ValueError(f'config.certify.alpha={c.alpha} must be in (0, 0.5).')
   needed = smoothing.min_samples_to_certify(c.alpha)
-  if c.n < needed:
-    raise ValueError(
-        f'config.certify.n={c.n} is too small for any certificate at '
-        f'config.certify.alpha={c.alpha}: even if all n samples vote for one class, the '
-        f'Clopper-Pearson lower bound alpha**(1/n) = {c.alpha ** (1 / c.n):.4f} does not '
-        f'exceed 1/2. Use n >= {needed}.')
+  if c.n < needed:  # Then even n votes of n give pA_lower = alpha**(1/n) <= 1/2.
+    raise ValueError(f'config.certify.n={c.n} is too small for any certificate at '
+                     f'config.certify.alpha={c.alpha}; use n >= {needed}.')
   if not np.isfinite(c.sigma):
     raise ValueError(f'config.certify.sigma={c.sigma} must be finite (<= 0: each '
                      "victim's training sigma).")
@@ -223,27 +210,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """
   validation.check_choice('config.dataset', config.dataset, data_lib.DATASETS)
   info = data_lib.info(config.dataset)
-  if not validation.is_int(config.target_class) or \
-      not 0 <= config.target_class < info['num_classes']:
-    raise ValueError(f'config.target_class={config.target_class!r} must be an integer in '
-                     f'[0, {info["num_classes"]}).')
+  validation.check_int('config.target_class', config.target_class, 0,
+                       info['num_classes'] - 1)
   if not 0 < config.eps <= 1:
     raise ValueError(f'config.eps={config.eps} must be in (0, 1].')
   kinds = _names(config, 'poison_kinds')
-  unknown = [p for p in kinds if p not in POISON_KINDS]
-  if unknown:
-    raise ValueError(f'config.poison_kinds={config.poison_kinds!r} has unknown {unknown}; '
-                     f'accepted: {", ".join(POISON_KINDS)}.')
+  validation.check_choices('config.poison_kinds', kinds, POISON_KINDS)
   if 'none' not in kinds:
     raise ValueError(f"config.poison_kinds={config.poison_kinds!r} must include 'none': "
                      'the ACR drops are measured against the clean victims.')
   archs = _names(config, 'archs')
   if not archs:
     raise ValueError('config.archs is empty; name at least one victim architecture.')
+  validation.check_choices('config.archs', archs, models.MODELS)
   for arch in archs:
-    if arch not in models.MODELS:
-      raise ValueError(f'config.archs: {arch!r} is not known; accepted: '
-                       f'{", ".join(models.MODELS)}.')
     if tuple(models.input_shape(arch)) != tuple(info['shape']):
       raise ValueError(f'config.archs: {arch!r} takes images of shape '
                        f'{models.input_shape(arch)}, but config.dataset='
@@ -257,11 +237,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.distinct_ints('config.seeds', config.seeds)
   _validate_certify(config.certify)
   validation.check_int('config.num_figure_images', config.num_figure_images)
-  victims = {}
-  for cell in resolve_cells(config):  # One victim config per method and architecture.
-    victims.setdefault((cell.train_method, cell.arch), victim_config(config, cell))
-  for (method, _), victim in victims.items():
-    with validation.nested(f'config.victims.{method}'):
+  for cell in resolve_cells(config):
+    victim = victim_config(config, cell)
+    with validation.nested(f'config.victims.{cell.train_method}'):
       train_lib.validate_config(victim)
     certification_sigma(config, victim)
   if 'pacd' in kinds and config.get('poison_file'):
@@ -296,7 +274,7 @@ def poison_spec(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
   if name.startswith('pacd_') or name in baselines.RANDOM_KINDS:
     spec['eps'] = config.eps
   if name.startswith('pacd_') and config.get('poison_file'):
-    spec['inputs'] = {'poison_file': workdir_lib.file_fingerprint(config.poison_file)}
+    spec['inputs'] = {'poison_file_sha256': workdir_lib.file_digest(config.poison_file)}
   elif name.startswith('pacd_'):
     method = name[len('pacd_'):]
     spec['attacks'] = {method: _without(config.attacks[method].to_dict(),
@@ -537,13 +515,11 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   poison_sets = make_poison_sets(config, splits, workdir)
   rows = []
   for i, cell in enumerate(cells):
-    row = run_cell(config, cell, splits=splits, poison_sets=poison_sets,
-                   target_indices=target_indices, all_indices=all_indices,
-                   workdir=workdir)
-    logging.info('Protocol cell %d/%d %s: ACR %.4f, certified accuracy %.3f, clean '
-                 'accuracy %.4f.', i + 1, len(cells), cell.name, row['acr'],
-                 row['certified_accuracy'], row['clean_accuracy'])
-    rows.append(row)
+    rows.append(run_cell(config, cell, splits=splits, poison_sets=poison_sets,
+                         target_indices=target_indices, all_indices=all_indices,
+                         workdir=workdir))
+    logging.info('Protocol cell %d/%d %s: ACR %.4f, clean accuracy %.4f.', i + 1,
+                 len(cells), cell.name, rows[-1]['acr'], rows[-1]['clean_accuracy'])
   points = {r['cell']: _certified_points(workdir, r['cell'], target_indices)
             for r in rows}
   rows = metrics.add_paired_comparisons(metrics.add_acr_drops(rows), {

@@ -23,6 +23,15 @@ def check_choice(name: str, value: Any, accepted: Iterable[str]) -> None:
     raise ValueError(f'{name}={value!r} is not known; accepted: {", ".join(accepted)}.')
 
 
+def check_choices(name: str, values: Iterable[str], accepted: Iterable[str]) -> None:
+  """Every entry of ``values`` must be one of ``accepted``."""
+  accepted = tuple(accepted)
+  unknown = [v for v in values if v not in accepted]
+  if unknown:
+    raise ValueError(f'{name}={tuple(values)!r} has unknown {unknown}; accepted: '
+                     f'{", ".join(accepted)}.')
+
+
 def is_int(value: Any) -> bool:
   """A Python or NumPy integer, not a bool."""
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

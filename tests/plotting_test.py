@@ -1,4 +1,6 @@
-"""Tests of rsp.plotting: figures are written as PNGs without touching pyplot."""
+"""Tests of rsp.plotting: figures are written as PNGs (atomically) without touching pyplot.
+
+Deterministic (fixed seeds): no test can fail by chance."""
 
 import os
 
