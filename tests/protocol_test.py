@@ -100,7 +100,7 @@ def test_results_follow_the_public_contract(finished):
 
   stats = on_disk['poisons']['random']['statistics']
   assert stats['num_images'] == 350 and stats['linf'] == pytest.approx(0.1, abs=1e-6)
-  assert stats['mean_delta'] > 0  # Clipped sign noise brightens MNIST (FINDINGS.md).
+  assert stats['mean_delta'] > 0  # Clipped sign noise brightens MNIST's black pixels.
   assert on_disk['poisons']['pacd_gaussian']['statistics']['linf'] <= 0.1 + 1e-6
 
   with open(os.path.join(workdir, 'results.md')) as f:
