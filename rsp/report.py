@@ -146,7 +146,7 @@ def _who(a: Mapping[str, Any]) -> list[str]:
 # results.md.
 
 
-def _main_table(aggregates: Sequence[Mapping[str, Any]]) -> list[str]:
+def _main_table(aggregates: Sequence[Mapping[str, Any]], interval: str) -> list[str]:
   rows = []
   for a in aggregates:
     drop = '-' if a['poison'] == 'none' else _cell(a, 'acr_drop_relative', percent=True)
@@ -155,9 +155,10 @@ def _main_table(aggregates: Sequence[Mapping[str, Any]]) -> list[str]:
         format_paired_t(a.get('acr_vs_random')), _cell(a, 'certified_accuracy'),
         _cell(a, 'abstain_rate'), _cell(a, 'clean_accuracy'),
         _cell(a, 'target_accuracy')])
-  return _table(['training method', 'arch', 'training set', 'seeds', 'ACR', 'ACR drop',
-                 'ACR PACD - random (paired over seeds)', 'certified acc. (r=0)',
-                 'abstain rate', 'clean acc.', 'target acc.'], rows)
+  return _table(['training method', 'arch', 'training set', 'seeds', f'ACR{interval}',
+                 f'ACR drop{interval}', f'ACR PACD - random (paired t over seeds){interval}',
+                 f'certified acc. (r=0){interval}', f'abstain rate{interval}',
+                 f'clean acc.{interval}', f'target acc.{interval}'], rows)
 
 
 def _paired_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -244,7 +245,7 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
       'poisoned) / ACR clean against the clean victim of the same training method, '
       f'architecture and seed. {spread}', '',
       '## Target-class certification', '']
-  lines += _main_table(aggregates)
+  lines += _main_table(aggregates, ' [95% CI]' if most_seeds >= 2 else '')
   lines += ['', '## Per victim, paired over the certified points', '',
             'Effective radius R 1[correct] of each point (its term of the ACR) minus that '
             'of the same point for the clean victim (and, for PACD, the random ±eps '

@@ -73,6 +73,7 @@ def test_markdown_of_two_seeds_states_and_shows_the_intervals():
   pacd['acr_drop_relative_mean'], pacd['acr_drop_relative_ci'] = 0.616, [0.551, 0.680]
   text = report.results_markdown(results)
   assert '95% confidence interval, Student t with n - 1 degrees of freedom' in text
+  assert '| seeds | ACR [95% CI] | ACR drop [95% CI] |' in text  # In the header too.
   lines = text.splitlines()
   main = next(line for line in lines if line.startswith('| gaussian | lenet | PACD'))
   cells = [c.strip() for c in main.split('|')[1:-1]]
@@ -102,7 +103,7 @@ def test_markdown_of_one_seed_has_no_interval_over_seeds():
       {k: v for k, v in a.items() if 'non_target' not in k and 'all_classes' not in k}
       for a in results['aggregates']]
   text = report.results_markdown(results)
-  assert 'One victim seed' in text and 'Student t' not in text
+  assert 'One victim seed' in text and 'Student t' not in text and '95% CI' not in text
   main = next(line for line in text.splitlines()
               if line.startswith('| gaussian | lenet | PACD'))
   assert '[' not in main
