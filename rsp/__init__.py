@@ -8,10 +8,13 @@ Submodules (import what you need; each is importable on its own):
   smoothadv).
 * ``rsp.train``: ``train_and_evaluate(config, workdir)``.
 * ``rsp.smoothing``: Monte Carlo PREDICT / CERTIFY (Cohen et al. 2019).
-* ``rsp.metrics``, ``rsp.plotting``: ACR, certified accuracy, writers, figures.
+* ``rsp.metrics``: ACR, certified accuracy, intervals, paired statistics, row arithmetic.
+* ``rsp.workdir``: the run record (atomic JSON/text writes, the settings check).
 * ``rsp.bilevel``: implicit and unrolled hypergradients.
 * ``rsp.attack``: PACD (Mehra et al. 2021).
-* ``rsp.protocol``: the whole evaluation protocol.
+* ``rsp.baselines``: the random and no-target poison sets PACD is compared with.
+* ``rsp.protocol``: the whole evaluation protocol; ``rsp.report``, ``rsp.plotting``: its
+  results.md, figures and machine record.
 """
 
 from rsp.version import __version__

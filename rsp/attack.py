@@ -545,32 +545,6 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
                       metadata=data_lib.load_poisons(path)['metadata'], path=path)
 
 
-def random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *, target_class: int,
-                   eps: float, kind: str = 'sign') -> tuple[np.ndarray, np.ndarray]:
-  """A baseline: random perturbations of the target class's training images.
-
-  Args:
-    key: randomness.
-    train: the clean training split.
-    target_class: the class whose images are perturbed.
-    eps: L-inf budget.
-    kind: 'sign' (uniform +-eps per pixel, then clipped to [0, 1]: on MNIST's black
-      background this is a one-sided brightening, FINDINGS.md) or 'uniform' (U[-eps, eps]).
-
-  Returns:
-    ``(indices, poisons)``.
-  """
-  if kind not in ('sign', 'uniform'):
-    raise ValueError(f"kind={kind!r} is not known; accepted: 'sign', 'uniform'.")
-  idx = data_lib.class_indices(train, target_class)
-  clean = np.asarray(train['image'])[idx]
-  if kind == 'sign':
-    delta = eps * np.asarray(jax.random.rademacher(key, clean.shape, jnp.float32))
-  else:
-    delta = np.asarray(jax.random.uniform(key, clean.shape, jnp.float32, -eps, eps))
-  return idx, np.clip(clean + delta, 0.0, 1.0).astype(np.float32)
-
-
 def run_attack(config: ml_collections.ConfigDict, workdir: str) -> PoisonResult:
   """Loads the config's data (``rsp.data.load_splits``) and runs ``pacd``; what
   ``experiments/poison.py`` calls. Bad configs and a workdir holding another attack are

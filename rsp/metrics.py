@@ -1,4 +1,5 @@
-"""Certification metrics and the writers that make a workdir the record of a run.
+"""Pure numbers of an evaluation: certification metrics, their uncertainty, and the
+arithmetic on the evaluation protocol's rows.
 
 Certification metrics (Cohen et al. 2019; Zhai et al. 2020 for the ACR), computed from
 per-point rows ``(idx, label, predict, radius, correct, time)`` where ``predict`` is
@@ -11,24 +12,31 @@ per-point rows ``(idx, label, predict, radius, correct, time)`` where ``predict`
   accuracy").
 * Abstain rate, per-class ACR, and the ACR drop of a poisoned model against a clean one.
 
-Files:
+Uncertainty (float64 on the host, scipy):
 
-* Certification logs: the Cohen-compatible TSV ``idx label predict radius correct time``
-  (a header line, then one row per point; ``time`` in seconds; Cohen's ``H:MM:SS.ffffff``
-  times are read too).
-* ``MetricWriter(path).write_scalars(step, scalars)``: one JSON object per line.
-* ``write_json_atomic(path, obj)``: summaries written to a temporary file then renamed, so
-  a reader never sees half a file.
+* ``t_interval``: a mean over victim seeds with its Student-t confidence interval.
+* ``paired_difference``: two models certified on the same points with the same noise,
+  compared point by point (mean difference, its standard error, points fallen / risen).
+* ``paired_t_test``: two conditions measured on the same victim seeds.
+
+Rows of the evaluation protocol (``rsp.protocol``; one dict per certified victim):
+``add_acr_drops``, ``add_paired_comparisons``, ``aggregate_rows`` (over seeds) and
+``transfer_matrix``; ``perturbation_statistics`` says how visible a poison set is (norms,
+PSNR, SSIM).
+
+Certification logs are the Cohen-compatible TSV ``idx label predict radius correct time``
+(a header line, then one row per point; ``time`` in seconds; Cohen's ``H:MM:SS.ffffff``
+times are read too). Every other file is written through ``rsp.workdir``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import scipy.stats
+from skimage import metrics as skimage_metrics
 
 # The value of ``predict`` for a point the smoothed classifier abstains on. Equal to
 # ``rsp.smoothing.ABSTAIN`` (metrics sits below smoothing in the import order).
@@ -215,119 +223,382 @@ def compare_acr(clean_acr: float, poisoned_acr: float) -> dict[str, float]:
           'acr_drop_relative': drop / clean_acr if clean_acr != 0 else float('nan')}
 
 
+def effective_radius(radius: Any, correct: Any) -> np.ndarray:
+  """Each point's term of the ACR: ``R_i * 1[correct_i]`` (0 when wrong or abstained).
+
+  The mean of the effective radii is the ACR, so the mean of their paired differences
+  between two models is the difference of the two ACRs.
+  """
+  radius, correct = _radius_correct(radius, correct)
+  return np.where(correct, radius, 0.0)
+
+
+def accuracy_without_class(per_class_accuracy: Sequence[float | None],
+                           class_counts: Sequence[int], excluded: int) -> float:
+  """Accuracy on the points of every class but ``excluded``.
+
+  The mean of the per-class accuracies weighted by the number of points of each class
+  (classes without points, accuracy None, weigh 0): exactly the accuracy over the
+  points of the other classes.
+
+  Args:
+    per_class_accuracy: ``[K]`` accuracy of each class (None: no point).
+    class_counts: ``[K]`` number of points of each class.
+    excluded: the class left out (the target class).
+
+  Returns:
+    The accuracy, NaN if the other classes have no point.
+  """
+  if len(per_class_accuracy) != len(class_counts):
+    raise ValueError(f'per_class_accuracy has {len(per_class_accuracy)} classes but '
+                     f'class_counts has {len(class_counts)}.')
+  accuracy = np.asarray([np.nan if a is None else a for a in per_class_accuracy],
+                        np.float64)
+  weight = np.asarray(class_counts, np.float64)
+  keep = (np.arange(len(weight)) != excluded) & (weight > 0)
+  if not keep.any():
+    return float('nan')
+  return float(np.sum(accuracy[keep] * weight[keep]) / np.sum(weight[keep]))
+
+
+def victim_summary(rows: Sequence[CertificationRow],
+                   all_classes_rows: Sequence[CertificationRow] | None = None, *,
+                   per_class_accuracy: Sequence[float | None],
+                   class_counts: Sequence[int], target_class: int,
+                   num_classes: int | None = None) -> dict[str, Any]:
+  """The numbers of one certified victim, with the keys of a protocol row.
+
+  Args:
+    rows: the certification of the target-class points.
+    all_classes_rows: the certification of points of all classes, or None.
+    per_class_accuracy: ``[K]`` the base classifier's clean test accuracy per class.
+    class_counts: ``[K]`` test points per class.
+    target_class: the attacked class.
+    num_classes: K, for ``per_class_acr``.
+
+  Returns:
+    From ``rows`` (``summarize_certification``): ``acr``, ``acr_correct_only``,
+    ``certified_accuracy`` (r = 0), ``abstain_rate``, ``certified_accuracy_curve``,
+    ``num_certified``, ``num_certified_correct``; the base classifier's
+    ``target_accuracy`` and ``clean_accuracy_non_target`` (``accuracy_without_class``);
+    with ``all_classes_rows`` also ``acr_all_classes``,
+    ``certified_accuracy_all_classes``, ``per_class_acr``, and ``acr_non_target`` and
+    ``certified_accuracy_non_target`` over its points of the other classes.
+  """
+  s = summarize_certification(rows, num_classes=num_classes)
+  out = {'acr': s['acr'], 'acr_correct_only': s['acr_correct_only'],
+         'certified_accuracy': s['certified_accuracy'], 'abstain_rate': s['abstain_rate'],
+         'certified_accuracy_curve': s['certified_accuracy_curve'],
+         'num_certified': s['num_points'],
+         'num_certified_correct': int(sum(r.correct for r in rows)),
+         'target_accuracy': per_class_accuracy[target_class],
+         'clean_accuracy_non_target': accuracy_without_class(
+             per_class_accuracy, class_counts, target_class)}
+  if all_classes_rows is not None:
+    every = summarize_certification(all_classes_rows, num_classes=num_classes)
+    others = summarize_certification([r for r in all_classes_rows
+                                      if r.label != target_class])
+    out.update(acr_all_classes=every['acr'],
+               certified_accuracy_all_classes=every['certified_accuracy'],
+               per_class_acr=every['per_class_acr'], acr_non_target=others['acr'],
+               certified_accuracy_non_target=others['certified_accuracy'])
+  return out
+
+
 # ------------------------------------------------------------------------------------
-# Writers.
+# Uncertainty.
 
 
-def _jsonable(obj: Any) -> Any:
-  """``json.dump``'s fallback for numpy and jax values and config dicts."""
-  if isinstance(obj, np.generic):
-    return obj.item()
-  if hasattr(obj, 'to_dict'):  # ml_collections.ConfigDict
-    return obj.to_dict()
-  if hasattr(obj, '__array__'):  # numpy and jax arrays
-    return np.asarray(obj).tolist()
-  if isinstance(obj, (set, frozenset)):
-    return sorted(obj)
-  raise TypeError(f'{type(obj).__name__} is not JSON serialisable.')
+def _floats(values: Any) -> np.ndarray:
+  """``values`` as a float64 vector; None becomes NaN (how JSON stores NaN)."""
+  values = np.asarray(values, dtype=object).reshape(-1)
+  return np.asarray([np.nan if v is None else float(v) for v in values], np.float64)
 
 
-def _finite_or_none(obj: Any) -> Any:
-  """``obj`` (plain JSON types) with every non-finite float replaced by None."""
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  if isinstance(obj, dict):
-    return {k: _finite_or_none(v) for k, v in obj.items()}
-  if isinstance(obj, list):
-    return [_finite_or_none(v) for v in obj]
-  return obj
+def t_interval(values: Any, *, confidence: float = 0.95) -> dict[str, Any]:
+  """The mean of ``values`` with its Student-t confidence interval.
 
+  For n values with sample mean m and sample standard deviation s (ddof 1)::
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON to ``path`` by way of a temporary file and ``os.replace``.
+      m +- t_{(1 + confidence) / 2, n - 1} * s / sqrt(n)
 
-  A reader (or a run killed mid-write) sees the old file or the new one, never a part.
-  numpy/jax values and ConfigDicts are converted. The file is strict JSON (RFC 8259), so
-  that tools other than Python's ``json`` read it: NaN and +-inf are written as
-  ``null`` (read back as None; ``np.asarray(..., float)`` turns None into NaN again).
+  (``scipy.stats.t.ppf``), which covers the true mean with probability ``confidence``
+  when the values are independent normal draws (e.g. victims trained with n seeds).
+  At 95%: t = 12.706 for n = 2, 4.303 for n = 3, 2.776 for n = 5.
+
+  Args:
+    values: n numbers (None is read as NaN).
+    confidence: the coverage, in (0, 1).
+
+  Returns:
+    ``{'n', 'mean', 'std', 'ci': [low, high], 'confidence'}``; ``std`` and ``ci`` are
+    None for n < 2, and all but ``n`` are NaN / None if a value is not finite.
   """
-  text = json.dumps(_finite_or_none(json.loads(json.dumps(obj, default=_jsonable))),
-                    indent=2, sort_keys=True, allow_nan=False)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.write('\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  if not 0 < confidence < 1:
+    raise ValueError(f'confidence={confidence} must be in (0, 1).')
+  v = _floats(values)
+  n = int(v.size)
+  out = {'n': n, 'mean': float('nan'), 'std': None, 'ci': None, 'confidence': confidence}
+  if n == 0 or not np.all(np.isfinite(v)):
+    return out
+  out['mean'] = float(v.mean())
+  if n >= 2:
+    std = float(v.std(ddof=1))
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    out['std'] = std
+    out['ci'] = [out['mean'] - half, out['mean'] + half]
+  return out
 
 
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+def paired_difference(reference: Any, values: Any) -> dict[str, Any]:
+  """Point-by-point comparison of two measurements of the same m points.
 
+  With ``d_i = values_i - reference_i``: the mean difference, its standard error
+  ``s_d / sqrt(m)`` (s_d the sample standard deviation, ddof 1) and how many points
+  fell (``d_i < 0``), rose (``d_i > 0``) or stayed. Pairing takes the spread between
+  points out of the comparison; the protocol also certifies point i of every victim
+  with the same noise (common random numbers), so d_i is not blurred by Monte Carlo
+  noise either.
 
-class MetricWriter:
-  """Appends one JSON object per ``write_scalars`` call to a JSON-lines file.
+  Args:
+    reference, values: ``[m]`` numbers, point i in both (e.g. ``effective_radius`` of a
+      clean and of a poisoned victim).
 
-  Each line is ``{"step": step, name: value, ...}``, flushed at once so that a killed
-  run loses nothing written. Opening appends, so a resumed run continues the file (trim
-  lines past the restored step first if the steps must not repeat).
-
-  Example::
-
-    with MetricWriter(os.path.join(workdir, 'metrics.jsonl')) as w:
-      w.write_scalars(100, {'loss': 0.3, 'accuracy': 0.91})
+  Returns:
+    ``{'num_points', 'mean', 'standard_error' (None for m < 2), 'num_fell', 'num_rose',
+    'num_unchanged'}``.
   """
-
-  def __init__(self, path: str):
-    self.path = path
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    self._file = open(path, 'a')
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """Writes ``scalars`` (numbers, numpy/jax scalars, or short strings) at ``step``."""
-    if 'step' in scalars:
-      raise ValueError('scalars must not contain the key "step"; it is the first '
-                       'argument.')
-    record = {'step': int(step)}
-    for name, value in scalars.items():
-      if isinstance(value, str):
-        record[name] = value
-        continue
-      value = np.asarray(value)
-      if value.size != 1:
-        raise ValueError(f'scalars[{name!r}] has shape {value.shape}; expected a scalar.')
-      record[name] = value.item()
-    self._file.write(json.dumps(record, sort_keys=True) + '\n')
-    self._file.flush()
-
-  def close(self) -> None:
-    if not self._file.closed:
-      self._file.close()
-
-  def __enter__(self) -> MetricWriter:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
+  reference, values = _floats(reference), _floats(values)
+  if reference.shape != values.shape:
+    raise ValueError(f'reference has {reference.size} points but values has '
+                     f'{values.size}; a paired comparison needs the same points.')
+  d = values - reference
+  m = int(d.size)
+  return {'num_points': m,
+          'mean': float(d.mean()) if m else float('nan'),
+          'standard_error': float(d.std(ddof=1) / math.sqrt(m)) if m >= 2 else None,
+          'num_fell': int(np.sum(d < 0)), 'num_rose': int(np.sum(d > 0)),
+          'num_unchanged': int(np.sum(d == 0))}
 
 
-def read_json_lines(path: str) -> list[dict[str, Any]]:
-  """The records of a JSON-lines file, skipping blank lines and a partial last line."""
-  records = []
-  with open(path) as f:
-    lines = f.read().split('\n')
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if i == len(lines) - 1:  # Killed while writing the last line.
-        break
-      raise
-  return records
+def paired_t_test(reference: Any, values: Any, *,
+                  confidence: float = 0.95) -> dict[str, Any]:
+  """Paired t test of two conditions measured on the same n units (victim seeds).
+
+  ``d_s = values_s - reference_s``; ``t = mean(d) / (s_d / sqrt(n))`` with n - 1 degrees
+  of freedom, two-sided p-value of the null hypothesis E[d] = 0
+  (``scipy.stats.ttest_rel``).
+
+  Returns:
+    ``t_interval(d)`` (``n``, ``mean``, ``std``, ``ci``, ``confidence``) and ``p_value``,
+    None for n < 2 or when every d_s is the same up to float rounding (no spread to
+    test against).
+  """
+  reference, values = _floats(reference), _floats(values)
+  if reference.shape != values.shape:
+    raise ValueError(f'reference has {reference.size} values but values has '
+                     f'{values.size}; a paired test needs the same units.')
+  d = values - reference
+  out = t_interval(d, confidence=confidence)
+  out['p_value'] = None
+  # A spread within the rounding of the subtraction is none (and scipy warns on it).
+  rounding = 8 * np.finfo(np.float64).eps * float(np.max(np.abs(np.concatenate(
+      [values, reference])), initial=0.0))
+  if out['std'] is not None and np.ptp(d) > rounding:
+    out['p_value'] = float(scipy.stats.ttest_rel(values, reference).pvalue)
+  return out
+
+
+# ------------------------------------------------------------------------------------
+# Rows of the evaluation protocol.
+
+
+def _victim(row: Mapping[str, Any]) -> tuple[Any, ...]:
+  """What two rows of one victim training run share: method, architecture, seed."""
+  return (row['train_method'], row['arch'], row['seed'])
+
+
+def add_acr_drops(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Each row with ``acr_clean``, ``acr_drop`` (clean - poisoned) and
+  ``acr_drop_relative`` ((clean - poisoned) / clean) against the clean row
+  (``poison == 'none'``) of the same training method, architecture and seed (NaN when
+  there is none)."""
+  clean = {_victim(r): r['acr'] for r in rows if r['poison'] == 'none'}
+  out = []
+  for r in rows:
+    d = compare_acr(clean.get(_victim(r), float('nan')), r['acr'])
+    out.append(dict(r, acr_clean=d['acr_clean'], acr_drop=d['acr_drop'],
+                    acr_drop_relative=d['acr_drop_relative']))
+  return out
+
+
+def add_paired_comparisons(rows: Sequence[Mapping[str, Any]],
+                           radii: Mapping[str, Any], *,
+                           baseline: str = 'random') -> list[dict[str, Any]]:
+  """Each row with ``vs_clean`` and ``vs_random``, paired over the certified points.
+
+  ``vs_clean`` (every poisoned row): ``paired_difference`` of the row's effective radii
+  against those of the clean victim of the same training method, architecture and
+  seed; its mean is ``acr - acr_clean``. ``vs_random`` (PACD rows): against the victim
+  trained on the ``baseline`` poisons with the same method, architecture and seed; a
+  negative mean is a larger drop than the baseline's. None where there is no such row.
+
+  Args:
+    rows: protocol rows (``cell``, ``poison``, ``train_method``, ``arch``, ``seed``).
+    radii: ``{cell: [m] effective radii}`` (``effective_radius``), the same m points in
+      the same order for every cell.
+    baseline: the poison kind PACD is compared with.
+  """
+  by_kind = {(r['poison'], *_victim(r)): r['cell'] for r in rows}
+
+  def compare(row, kind):
+    other = by_kind.get((kind, *_victim(row)))
+    return None if other is None else paired_difference(radii[other], radii[row['cell']])
+
+  return [dict(r, vs_clean=None if r['poison'] == 'none' else compare(r, 'none'),
+               vs_random=compare(r, baseline) if r['poison'] == 'pacd' else None)
+          for r in rows]
+
+
+# The row fields that ``aggregate_rows`` averages over seeds (those every member has).
+AGGREGATED = ('acr', 'acr_drop', 'acr_drop_relative', 'certified_accuracy',
+              'abstain_rate', 'clean_accuracy', 'target_accuracy', 'acr_all_classes',
+              'acr_non_target', 'certified_accuracy_non_target',
+              'clean_accuracy_non_target')
+
+
+def _curve_interval(members: Sequence[Mapping[str, Any]],
+                    confidence: float) -> dict[str, Any] | None:
+  curves = [m.get('certified_accuracy_curve') for m in members]
+  if any(c is None for c in curves) or any(c['radius'] != curves[0]['radius']
+                                           for c in curves):
+    return None
+  per_radius = [t_interval(v, confidence=confidence)
+                for v in zip(*(c['accuracy'] for c in curves))]
+  return {'radius': list(curves[0]['radius']), 'mean': [s['mean'] for s in per_radius],
+          'ci': [s['ci'] for s in per_radius]}
+
+
+def aggregate_rows(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.95,
+                   baseline: str = 'random') -> list[dict[str, Any]]:
+  """Rows grouped over victim seeds, with means and Student-t intervals.
+
+  One entry per training method x architecture x training set, in first-appearance
+  order, with ``train_method``, ``arch``, ``poison``, ``crafted_against``,
+  ``poison_set``, ``seeds``, ``num_certified``, ``time`` (summed) and:
+
+  * for each field m of ``AGGREGATED`` that every member has: ``m_mean``, ``m_std`` and
+    ``m_ci`` (``t_interval``; std and ci None for one seed);
+  * ``certified_accuracy_curve``: ``{'radius', 'mean', 'ci'}``, the interval per radius;
+  * ``acr_vs_random`` (PACD entries): ``paired_t_test`` over the seeds of the members'
+    ACR against the ``baseline`` victims' of the same seeds (None without them).
+
+  Args:
+    rows: protocol rows with drops (``add_acr_drops``).
+    confidence: the intervals' coverage.
+    baseline: the poison kind PACD is compared with.
+  """
+  groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+  for r in rows:
+    groups.setdefault((r['train_method'], r['arch'], r['poison'], r['crafted_against']),
+                      []).append(r)
+  acr = {(r['poison'], *_victim(r)): r['acr'] for r in rows}
+  out = []
+  for (method, arch, poison, crafted_against), members in groups.items():
+    entry = {'train_method': method, 'arch': arch, 'poison': poison,
+             'crafted_against': crafted_against, 'poison_set': members[0]['poison_set'],
+             'seeds': [int(m['seed']) for m in members],
+             'num_certified': int(members[0]['num_certified']),
+             'time': float(sum(m['time'] for m in members))}
+    for name in AGGREGATED:
+      if all(name in m for m in members):
+        s = t_interval([m[name] for m in members], confidence=confidence)
+        entry.update({f'{name}_mean': s['mean'], f'{name}_std': s['std'],
+                      f'{name}_ci': s['ci']})
+    entry['certified_accuracy_curve'] = _curve_interval(members, confidence)
+    if poison == 'pacd':
+      pairs = [(acr[(baseline, *_victim(m))], m['acr']) for m in members
+               if (baseline, *_victim(m)) in acr]
+      entry['acr_vs_random'] = (paired_t_test(*zip(*pairs), confidence=confidence)
+                                if pairs else None)
+    out.append(entry)
+  return out
+
+
+def transfer_matrix(aggregates: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+  """The relative ACR drop of PACD victims as a matrix, with its intervals.
+
+  Rows: the training method the poisons were crafted against; columns: the victim
+  (``method/arch``). None unless there are several of either.
+
+  Returns:
+    ``{'crafted_against': [...], 'victims': [...], 'acr_drop_relative': [[mean]],
+    'acr_drop_relative_ci': [[[low, high] or None]]}`` (None where no victim is).
+  """
+  pacd = [a for a in aggregates if a['poison'] == 'pacd']
+  rows = list(dict.fromkeys(a['crafted_against'] for a in pacd))
+  victims = list(dict.fromkeys(f'{a["train_method"]}/{a["arch"]}' for a in pacd))
+  if len(rows) < 2 and len(victims) < 2:
+    return None
+  mean = [[None] * len(victims) for _ in rows]
+  ci = [[None] * len(victims) for _ in rows]
+  for a in pacd:
+    i = rows.index(a['crafted_against'])
+    j = victims.index(f'{a["train_method"]}/{a["arch"]}')
+    mean[i][j] = a.get('acr_drop_relative_mean')
+    ci[i][j] = a.get('acr_drop_relative_ci')
+  return {'crafted_against': rows, 'victims': victims, 'acr_drop_relative': mean,
+          'acr_drop_relative_ci': ci}
+
+
+# ------------------------------------------------------------------------------------
+# How visible a poison set is.
+
+
+def perturbation_statistics(clean: Any, poisoned: Any, *,
+                            data_range: float = 1.0) -> dict[str, Any]:
+  """Norms, PSNR and SSIM of ``poisoned`` against ``clean``.
+
+  Per image i with ``delta_i = poisoned_i - clean_i`` over its d pixels:
+  ``PSNR_i = 10 log10(data_range^2 / (||delta_i||_2^2 / d))`` (skimage's
+  ``peak_signal_noise_ratio``) and SSIM (Wang et al. 2004; skimage's
+  ``structural_similarity``, 7x7 windows, per channel).
+
+  Args:
+    clean, poisoned: ``[N, H, W, C]`` images in [0, data_range].
+    data_range: the pixel range (1 in rsp).
+
+  Returns:
+    ``num_images``; ``linf`` (max over all pixels); ``linf_mean``, ``l2_mean``, ``l2_max``
+    (per-image norms); ``psnr_mean`` (dB, over the images that changed; inf if none
+    did); ``ssim_mean``; ``mean_delta`` (signed mean pixel change: > 0 brightens);
+    ``fraction_changed`` (of pixels); ``num_unchanged`` (images).
+  """
+  clean = np.asarray(clean, np.float64)
+  poisoned = np.asarray(poisoned, np.float64)
+  if clean.shape != poisoned.shape or clean.ndim != 4 or clean.shape[0] == 0:
+    raise ValueError(f'clean {clean.shape} and poisoned {poisoned.shape} must be the same '
+                     'non-empty [N, H, W, C] shape.')
+  n = clean.shape[0]
+  delta = (poisoned - clean).reshape(n, -1)
+  linf = np.abs(delta).max(axis=1)
+  l2 = np.sqrt((delta ** 2).sum(axis=1))
+  changed = linf > 0
+  psnr = [skimage_metrics.peak_signal_noise_ratio(clean[i], poisoned[i],
+                                                  data_range=data_range)
+          for i in np.flatnonzero(changed)]
+  ssim = [skimage_metrics.structural_similarity(clean[i], poisoned[i],
+                                                data_range=data_range, channel_axis=-1)
+          for i in range(n)]
+  return {
+      'num_images': int(n),
+      'linf': float(linf.max()),
+      'linf_mean': float(linf.mean()),
+      'l2_mean': float(l2.mean()),
+      'l2_max': float(l2.max()),
+      'psnr_mean': float(np.mean(psnr)) if psnr else float('inf'),
+      'ssim_mean': float(np.mean(ssim)),
+      'mean_delta': float(delta.mean()),
+      'fraction_changed': float((delta != 0).mean()),
+      'num_unchanged': int(n - changed.sum()),
+  }

@@ -3,12 +3,12 @@
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through
 ``pyplot``: nothing here changes the global backend or leaks open figures, so the
 functions are safe in scripts, tests and notebooks alike (a returned ``Figure`` displays
-inline in Jupyter). Each function saves a PNG when given a path and returns the figure.
+inline in Jupyter). Each function saves a PNG when given a path (atomically, through
+``rsp.workdir``: a killed run leaves no half-written figure) and returns the figure.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,20 +16,19 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from rsp import metrics
+from rsp import workdir as workdir_lib
 
 # A curve: per-point certified radii and whether each prediction was correct.
 Curve = tuple[Any, Any]
 
 
 def _save(fig: Figure, path: str | None, dpi: int = 120) -> None:
+  """Writes ``fig`` as a PNG to ``path`` atomically (``rsp.workdir.atomic_file``)."""
   if path is None:
     return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}.png'
   FigureCanvasAgg(fig)  # Attaches an Agg canvas to the figure.
-  fig.savefig(tmp, format='png', dpi=dpi)
-  os.replace(tmp, path)
+  with workdir_lib.atomic_file(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=dpi)
 
 
 def certified_accuracy_curve(radius: Any, correct: Any, *, max_radius: float | None = None,
@@ -198,11 +197,12 @@ def plot_poison_examples(clean: Any, poisoned: Any, path: str | None = None, *,
 def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = None, *,
                   label: Callable[[Mapping[str, Any]], str] | None = None,
                   title: str | None = None) -> Figure:
-  """Bar chart of the relative target-class ACR drop per poisoned cell (mean ± std).
+  """Bar chart of the relative target-class ACR drop per poisoned cell, with its interval.
 
   Args:
-    aggregates: ``rsp.protocol.aggregate_rows`` output (keys ``poison``, ``poison_set``,
-      ``train_method``, ``arch``, ``acr_drop_relative_mean``/``_std``); clean cells
+    aggregates: ``rsp.metrics.aggregate_rows`` output (keys ``poison``, ``poison_set``,
+      ``train_method``, ``arch``, ``acr_drop_relative_mean`` and ``_ci``, the
+      confidence interval over seeds, None for one seed: no error bar); clean cells
       (``poison == 'none'``) are left out.
     path: PNG to write; None to only return the figure.
     label: legend entry of a bar's cell (default: its ``poison_set``); bars of one
@@ -224,10 +224,13 @@ def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = No
   seen = set()
   for i, a in enumerate(bars):
     name = label(a)
-    std = a['acr_drop_relative_std']  # None for a single seed: no error bar.
-    ax.bar(x[i], 100 * a['acr_drop_relative_mean'],
-           yerr=None if std is None else 100 * std, capsize=3,
-           color=colors[a['poison_set']], label=None if name in seen else name)
+    mean = a['acr_drop_relative_mean']
+    mean = float('nan') if mean is None else mean  # No clean ACR to compare with.
+    ci = a.get('acr_drop_relative_ci')
+    yerr = (None if ci is None or not np.isfinite(mean) else
+            [[100 * (mean - ci[0])], [100 * (ci[1] - mean)]])
+    ax.bar(x[i], 100 * mean, yerr=yerr, capsize=3, color=colors[a['poison_set']],
+           label=None if name in seen else name)
     seen.add(name)
   ax.axhline(0.0, color='black', linewidth=0.8)
   ax.axhline(30.0, color='gray', linestyle='--', linewidth=0.8, label='30% (paper)')

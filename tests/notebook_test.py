@@ -1,4 +1,6 @@
-"""colab/rsp_protocol.ipynb runs from top to bottom in its tiny mode (so it cannot rot)."""
+"""colab/rsp_protocol.ipynb runs from top to bottom in its tiny mode (so it cannot rot).
+
+Deterministic: no test can fail by chance."""
 
 import os
 
@@ -6,7 +8,7 @@ import nbclient
 import nbformat
 from ipykernel import kernelspec
 
-from rsp import metrics
+from rsp import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'colab', 'rsp_protocol.ipynb')
@@ -41,5 +43,5 @@ def test_protocol_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
   text = '\n'.join(text)
   assert 'mode tiny' in text  # The first cell read the environment.
   assert '| gaussian | lenet | PACD (vs gaussian) |' in text
-  results = metrics.read_json(os.path.join(workdir, 'results.json'))
+  results = workdir_lib.read_json(os.path.join(workdir, 'results.json'))
   assert images == len(results['figures']) == 4

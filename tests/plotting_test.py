@@ -1,4 +1,6 @@
-"""Tests of rsp.plotting: figures are written as PNGs without touching pyplot."""
+"""Tests of rsp.plotting: figures are written as PNGs (atomically) without touching pyplot.
+
+Deterministic (fixed seeds): no test can fail by chance."""
 
 import os
 
@@ -64,3 +66,25 @@ def test_image_grid_and_poison_examples(tmp_path):
     plotting.plot_image_grid({'a': colour[0]})
   with pytest.raises(ValueError, match='match'):
     plotting.plot_poison_examples(clean, poisoned[:2])
+
+
+def test_acr_drop_bars_with_their_intervals(tmp_path):
+  aggregates = [
+      {'poison': 'none', 'poison_set': 'none', 'train_method': 'gaussian', 'arch': 'lenet',
+       'acr_drop_relative_mean': 0.0, 'acr_drop_relative_ci': None},
+      {'poison': 'pacd', 'poison_set': 'pacd_gaussian', 'train_method': 'gaussian',
+       'arch': 'lenet', 'acr_drop_relative_mean': 0.325,
+       'acr_drop_relative_ci': [0.25, 0.4]},
+      {'poison': 'random', 'poison_set': 'random', 'train_method': 'gaussian',
+       'arch': 'lenet', 'acr_drop_relative_mean': None, 'acr_drop_relative_ci': None}]
+  path = str(tmp_path / 'drop.png')
+  figure = plotting.plot_acr_drop(aggregates, path)
+  assert _is_png(path) and os.listdir(tmp_path) == ['drop.png']
+  bars = figure.axes[0].patches
+  assert len(bars) == 2 and bars[0].get_height() == pytest.approx(32.5)
+  # One error bar (the interval of the PACD cell): its segment spans 25% to 40%.
+  segments = [c for c in figure.axes[0].collections if len(c.get_segments())]
+  assert len(segments) == 1
+  np.testing.assert_allclose(segments[0].get_segments()[0][:, 1], [25.0, 40.0])
+  with pytest.raises(ValueError, match='no poisoned cell'):
+    plotting.plot_acr_drop(aggregates[:1])

@@ -1,7 +1,10 @@
-"""The evaluation protocol end to end on the tiny config: results per DESIGN.md, resume,
-perturbation statistics against hand computations, config checks before any work.
+"""The evaluation protocol end to end on the tiny config: the results' public contract,
+resume, the paired statistics, results written before figures, config checks before any
+work.
 
-One tiny protocol run (PACD, 4 victims, certification) is shared by the module."""
+One tiny protocol run (PACD, 4 victims, certification) is shared by the module. Nothing
+here is a statistical test: every assertion holds exactly (up to float rounding) for
+any trained victim, so no test fails by chance."""
 
 import json
 import os
@@ -17,10 +20,11 @@ import pytest
 from rsp import attack
 from rsp import data
 from rsp import metrics
-from rsp import plotting
 from rsp import protocol
+from rsp import report
 from rsp import smoothing
 from rsp import train
+from rsp import workdir as workdir_lib
 from rsp.configs import common
 from rsp.configs import protocol as protocol_config
 from rsp.configs import protocol_cifar10_paper
@@ -32,7 +36,9 @@ jax.config.update('jax_disable_most_optimizations', True)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW_KEYS = ('train_method', 'arch', 'poison', 'sigma', 'acr', 'certified_accuracy',
             'clean_accuracy', 'target_accuracy', 'num_certified', 'seed', 'acr_drop',
-            'acr_drop_relative', 'time')
+            'acr_drop_relative', 'time', 'crafted_against', 'abstain_rate',
+            'certified_accuracy_curve', 'clean_accuracy_non_target', 'acr_non_target',
+            'certified_accuracy_non_target', 'vs_clean', 'vs_random')
 # Wall-clock fields: the only ones a resumed run may change.
 TIMES = ('train_seconds', 'certify_seconds', 'time')
 
@@ -63,11 +69,11 @@ def _rows_of(results):
 
 def test_results_follow_the_public_contract(finished):
   workdir, results = finished
-  on_disk = metrics.read_json(os.path.join(workdir, 'results.json'))
+  on_disk = workdir_lib.read_json(os.path.join(workdir, 'results.json'))
   assert set(on_disk) >= {'config', 'rows'}
   assert on_disk['config'] == json.loads(json.dumps(tiny_config().to_dict()))
   rows = on_disk['rows']
-  assert [(r['poison'], r['attack']) for r in rows] == [
+  assert [(r['poison'], r['crafted_against']) for r in rows] == [
       ('none', ''), ('pacd', 'gaussian'), ('random', ''), ('no_target', '')]
   for r in rows:
     assert set(ROW_KEYS) <= set(r), set(ROW_KEYS) - set(r)
@@ -95,13 +101,15 @@ def test_results_follow_the_public_contract(finished):
 
   stats = on_disk['poisons']['random']['statistics']
   assert stats['num_images'] == 350 and stats['linf'] == pytest.approx(0.1, abs=1e-6)
-  assert stats['mean_delta'] > 0  # Clipped sign noise brightens MNIST (FINDINGS.md).
+  assert stats['mean_delta'] > 0  # Clipped sign noise brightens MNIST's black pixels.
   assert on_disk['poisons']['pacd_gaussian']['statistics']['linf'] <= 0.1 + 1e-6
 
   with open(os.path.join(workdir, 'results.md')) as f:
     markdown = f.read()
-  for text in ('| training method | arch | training set | ACR | ACR drop',
+  for text in ('| training method | arch | training set | seeds | ACR | ACR drop |',
                '| gaussian | lenet | PACD (vs gaussian) |', 'PSNR (dB)', 'SSIM',
+               '## Per victim, paired over the certified points',
+               '## Certified accuracy at radius r', '## Other classes',
                '## Machine and time'):
     assert text in markdown
   assert set(results['figures']) == {
@@ -181,7 +189,7 @@ def test_experiment_script_resumes_a_finished_workdir(finished, tmp_path):
       env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert '| gaussian | lenet | clean |' in proc.stdout
-  assert _same(metrics.read_json(os.path.join(copy, 'results.json'))['rows'],
+  assert _same(workdir_lib.read_json(os.path.join(copy, 'results.json'))['rows'],
                results['rows'])
 
 
@@ -189,10 +197,69 @@ def test_workdir_made_with_other_settings_is_refused(finished):
   workdir, _ = finished
   config = tiny_config()
   config.certify.n = 128
+  config.victims.gaussian.learning_rate = 1e-3
+  config.victims.gaussian.log_every_steps = 7  # May change: no number depends on it.
   before = sorted(os.listdir(workdir))
-  with pytest.raises(ValueError, match=r'other settings.*certify\.n: 64 -> 128'):
+  with pytest.raises(workdir_lib.SettingsMismatchError) as e:
     protocol.run_protocol(config, workdir)
+  message = str(e.value)
+  assert 'gaussian-lenet-none-seed0 holds a victim' in message
+  assert '2 fields differ' in message  # Every differing field, and only those.
+  assert 'certify.n: 64 there, 128 now' in message
+  assert 'victims.gaussian.learning_rate: 0.003 there, 0.001 now' in message
+  assert ('--config.certify.n=64' in message and
+          '--config.victims.gaussian.learning_rate=0.003' in message)
   assert sorted(os.listdir(workdir)) == before
+  config = tiny_config()
+  config.attacks.gaussian.attack.num_epochs += 1
+  with pytest.raises(workdir_lib.SettingsMismatchError,
+                     match=r'poison set \(pacd_gaussian\)(.|\n)*'
+                           r'attacks\.gaussian\.attack\.num_epochs: '):
+    protocol.run_protocol(config, workdir)
+
+
+def test_paired_statistics_of_the_run(finished):
+  """Identities that hold for any victims: the mean paired radius difference is the ACR
+  difference, the counts add up, and the aggregates of one seed are its row."""
+  _, results = finished
+  by_poison = {r['poison']: r for r in results['rows']}
+  assert by_poison['none']['vs_clean'] is None
+  for r in results['rows'][1:]:
+    d = r['vs_clean']
+    assert d['mean'] == pytest.approx(r['acr'] - r['acr_clean'], abs=1e-12)
+    assert d['num_fell'] + d['num_rose'] + d['num_unchanged'] == r['num_certified']
+  pacd = by_poison['pacd']
+  assert pacd['vs_random']['mean'] == pytest.approx(
+      pacd['acr'] - by_poison['random']['acr'], abs=1e-12)
+  assert by_poison['random']['vs_random'] is None
+  for a, r in zip(results['aggregates'], results['rows']):
+    assert a['acr_mean'] == r['acr'] and a['acr_ci'] is None and a['seeds'] == [0]
+  vs_random = results['aggregates'][1]['acr_vs_random']
+  assert vs_random['n'] == 1 and vs_random['ci'] is None
+  assert vs_random['mean'] == pytest.approx(pacd['acr'] - by_poison['random']['acr'])
+  for r in results['rows']:  # The clean accuracy splits into target and other classes.
+    assert 0 <= r['clean_accuracy_non_target'] <= 1
+    assert min(r['target_accuracy'], r['clean_accuracy_non_target']) - 1e-12 <= \
+        r['clean_accuracy'] <= max(r['target_accuracy'],
+                                   r['clean_accuracy_non_target']) + 1e-12
+
+
+def test_results_are_written_before_the_figures(finished, tmp_path, monkeypatch):
+  workdir, results = finished
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, 'results.json'))
+  os.remove(os.path.join(copy, 'results.md'))
+  shutil.rmtree(os.path.join(copy, 'figures'))
+  with open(os.path.join(copy, 'figures'), 'w') as f:
+    f.write('not a directory')
+  monkeypatch.setattr(train, 'train', None)  # Nothing is trained again.
+  with pytest.raises(report.FigureError, match=r'results\.json and results\.md are '
+                     r'written(.|\n)*figures.*is a file'):
+    protocol.run_protocol(tiny_config(), copy)
+  written = workdir_lib.read_json(os.path.join(copy, 'results.json'))
+  assert _same(written['rows'], results['rows']) and written['figures'] == []
+  assert os.path.isfile(os.path.join(copy, 'results.md'))
 
 
 def _set(config, path, value):
@@ -206,7 +273,7 @@ def _set(config, path, value):
     ('poison_kinds', ('pacd', 'random'), "must include 'none'"),
     ('poison_kinds', ('none', 'backdoor'), 'unknown'),
     ('archs', ('resnet20',), 'takes images of shape'),
-    ('archs', ('transformer',), 'not known'),
+    ('archs', ('transformer',), r"config\.archs=\('transformer',\) has unknown"),
     ('train_methods', ('gaussian', 'macer'), 'config.victims has no such entry'),
     ('crafted_against', ('smoothadv',), 'config.attacks has no such entry'),
     ('other_arch_methods', ('macer',), 'subset of config.train_methods'),
@@ -216,102 +283,27 @@ def _set(config, path, value):
     ('target_class', 10, 'config.target_class'),
     ('dataset', 'imagenet', 'config.dataset'),
     ('certify.n', 0, 'config.certify.n'),
+    ('certify.n', 5, r'config\.certify\.n=5 is too small.*use n >= 10'),
+    ('certify.n0', 0, 'config.certify.n0'),
     ('certify.alpha', 0.7, 'config.certify.alpha'),
     ('certify.all_classes_points', -1, 'all_classes_points'),
     ('victims.gaussian.loss.sigma', 0.0, 'no training sigma'),
-    ('attacks.gaussian.attack.solver', 'magic', 'config.attack.solver'),
-    ('victims.gaussian.num_epochs', 0, 'num_epochs'),
+    ('attacks.gaussian.attack.solver', 'magic', r'^config\.attacks\.gaussian\.attack\.solver'),
+    ('victims.gaussian.num_epochs', 0, r'^config\.victims\.gaussian\.num_epochs=0'),
+    ('victims.gaussian.learning_rate', -1.0, r'^config\.victims\.gaussian\.learning_rate'),
     ('poison_file', '/nonexistent/poisons.npz', 'does not exist'),
 ])
-def test_bad_config_raises_before_any_work(tmp_path, path, value, match):
+def test_bad_config_raises_before_any_work(tmp_path, path, value, match, monkeypatch):
+  """Nothing is loaded, attacked, trained or written, and the message names the field
+  by its full path."""
+  for module, name in ((attack, 'pacd'), (train, 'train'), (data, 'load')):
+    monkeypatch.setattr(module, name, None)
   config = tiny_config()
   _set(config, path, value)
   workdir = str(tmp_path / 'never')
   with pytest.raises(ValueError, match=match):
     protocol.run_protocol(config, workdir)
   assert not os.path.exists(workdir)
-
-
-def test_perturbation_statistics_against_hand_computation():
-  clean = np.full((3, 28, 28, 1), 0.5)
-  poisoned = clean.copy()
-  poisoned[0] += 0.1                                   # A constant brightening.
-  checker = np.indices((28, 28)).sum(0) % 2 * 2 - 1    # +-1 checkerboard
-  poisoned[1, ..., 0] += 0.05 * checker                # Zero-mean +-0.05.
-  s = protocol.perturbation_statistics(clean, poisoned)
-  assert s['num_images'] == 3 and s['num_unchanged'] == 1
-  assert s['linf'] == pytest.approx(0.1)
-  assert s['linf_mean'] == pytest.approx((0.1 + 0.05) / 3)
-  # ||delta||_2 = |delta| * sqrt(784) = 28 |delta|.
-  assert s['l2_mean'] == pytest.approx((2.8 + 1.4 + 0.0) / 3)
-  assert s['l2_max'] == pytest.approx(2.8)
-  # PSNR = 10 log10(1 / MSE): 20 dB at MSE 0.01, 26.02 dB at 0.0025; the unchanged
-  # image (infinite PSNR) is left out of the mean.
-  assert s['psnr_mean'] == pytest.approx((20.0 + 10 * np.log10(1 / 0.0025)) / 2)
-  # SSIM of flat images reduces to the luminance term (2 mu_x mu_y + C1) /
-  # (mu_x^2 + mu_y^2 + C1), C1 = (0.01 * data_range)^2; identical images give 1.
-  c1 = 1e-4
-  flat = (2 * 0.5 * 0.6 + c1) / (0.5 ** 2 + 0.6 ** 2 + c1)
-  ssim = protocol.perturbation_statistics(clean[[0, 2]], poisoned[[0, 2]])['ssim_mean']
-  assert ssim == pytest.approx((flat + 1.0) / 2, abs=1e-6)
-  assert s['mean_delta'] == pytest.approx(0.1 / 3)
-  assert s['fraction_changed'] == pytest.approx(2 / 3)
-  rgb = protocol.perturbation_statistics(np.zeros((2, 8, 8, 3)), np.full((2, 8, 8, 3), 0.1))
-  assert rgb['psnr_mean'] == pytest.approx(20.0)
-  with pytest.raises(ValueError, match='same'):
-    protocol.perturbation_statistics(clean, poisoned[:2])
-
-
-def test_zero_mean_random_poisons_leave_the_bounds_alone():
-  train_split = data.load('mnist_embedded', seed=0)['train']
-  eps = 0.1
-  idx, poisons = protocol.zero_mean_random_poisons(jax.random.key(0), train_split,
-                                                   target_class=8, eps=eps)
-  clean = train_split['image'][idx]
-  assert np.array_equal(idx, data.class_indices(train_split, 8))
-  delta = poisons - clean
-  interior = (clean >= eps) & (clean <= 1 - eps)
-  assert np.all(delta[~interior] == 0)
-  assert np.allclose(np.abs(delta[interior]), eps, atol=1e-6)  # Never clipped.
-  # Rademacher signs: the mean of m of them has std eps / sqrt(m); a 5-sigma bound
-  # fails with probability below 1e-6.
-  m = int(interior.sum())
-  assert abs(delta[interior].mean()) < 5 * eps / np.sqrt(m)
-
-
-def _row(method, arch, poison, seed, acr, attack_=''):
-  return {'train_method': method, 'arch': arch, 'poison': poison, 'attack': attack_,
-          'poison_set': f'pacd_{attack_}' if poison == 'pacd' else poison, 'seed': seed,
-          'acr': acr, 'certified_accuracy': 0.5, 'clean_accuracy': 0.9,
-          'target_accuracy': 0.8, 'num_certified': 100, 'time': 1.0}
-
-
-def test_drops_means_and_the_transfer_matrix():
-  rows = [_row('gaussian', 'lenet', 'none', 0, 1.0), _row('gaussian', 'lenet', 'none', 1, 1.2),
-          _row('gaussian', 'lenet', 'pacd', 0, 0.6, 'gaussian'),
-          _row('gaussian', 'lenet', 'pacd', 1, 0.9, 'gaussian'),
-          _row('gaussian', 'lenet', 'pacd', 0, 0.8, 'macer'),
-          _row('gaussian', 'lenet', 'pacd', 1, 0.9, 'macer')]
-  with_drops = protocol.add_acr_drops(rows)
-  assert [r['acr_drop_relative'] for r in with_drops] == pytest.approx(
-      [0.0, 0.0, 0.4, 0.25, 0.2, 0.25])
-  aggregates = protocol.aggregate_rows(with_drops)
-  assert [(a['poison_set'], a['seeds']) for a in aggregates] == [
-      ('none', [0, 1]), ('pacd_gaussian', [0, 1]), ('pacd_macer', [0, 1])]
-  assert aggregates[1]['acr_mean'] == pytest.approx(0.75)
-  assert aggregates[1]['acr_std'] == pytest.approx(np.std([0.6, 0.9], ddof=1))
-  assert aggregates[1]['acr_drop_relative_mean'] == pytest.approx(0.325)
-  assert aggregates[0]['time'] == 2.0
-  matrix = protocol.transfer_matrix(aggregates)
-  assert matrix['attacks'] == ['gaussian', 'macer'] and matrix['victims'] == ['gaussian/lenet']
-  assert np.allclose(matrix['acr_drop_relative'], [[0.325], [0.225]])
-  single = protocol.aggregate_rows(protocol.add_acr_drops(rows[:1] + rows[2:3]))
-  assert single[1]['acr_std'] is None and protocol.transfer_matrix(single) is None
-  figure = plotting.plot_acr_drop(aggregates)
-  assert len(figure.axes[0].patches) == 2
-  assert figure.axes[0].patches[0].get_height() == pytest.approx(32.5)
-  with pytest.raises(ValueError, match='no poisoned cell'):
-    plotting.plot_acr_drop(aggregates[:1])
 
 
 def test_configs_validate_and_resolve_their_grids():
@@ -335,7 +327,7 @@ def test_configs_validate_and_resolve_their_grids():
     assert len(cells) == num_cells, name
     assert len({c.name for c in cells}) == num_cells
   transfer = protocol.resolve_cells(protocol_transfer.get_config('small'))
-  assert {(c.attack, c.train_method) for c in transfer if c.arch == 'lenet' and
+  assert {(c.crafted_against, c.train_method) for c in transfer if c.arch == 'lenet' and
           c.poison == 'pacd'} == {(a, m) for a in common.ATTACK_METHODS
                                   for m in common.ATTACK_METHODS}
   assert {c.train_method for c in transfer if c.arch != 'lenet'} == {'gaussian'}

@@ -49,3 +49,38 @@ def test_check_ints_names_the_field():
     validation.check_ints('config.', c, ('a', 'b'))
   with pytest.raises(ValueError, match=r'config.missing=None'):
     validation.check_ints('config.', c, ('missing',))
+
+
+def test_nested_names_fields_by_their_full_path():
+  with pytest.raises(ValueError) as e:
+    with validation.nested('config.victims.gaussian'):
+      validation.check_int('config.num_epochs', 0)
+  assert str(e.value) == ('config.victims.gaussian.num_epochs=0 must be an integer '
+                          '>= 1.')
+  with pytest.raises(ValueError, match=r'^config\.certify: n=5 is too small$'):
+    with validation.nested('config.certify'):
+      raise ValueError('n=5 is too small')
+  with pytest.raises(ValueError, match=r'in the config\.$'):  # Not a field name.
+    with validation.nested('config.attacks.x'):
+      raise ValueError('config.attack.sigma must be set in the config.')
+  with validation.nested('config.x'):
+    pass  # Nothing raised, nothing changed.
+
+
+def test_names_choices_and_distinct_ints():
+  assert validation.names('config.archs', ('lenet, mlp', 'wide_cnn')) == (
+      'lenet', 'mlp', 'wide_cnn')  # Command lines give comma-separated strings.
+  assert validation.names('config.archs', 'lenet') == ('lenet',)
+  with pytest.raises(ValueError, match=r"config\.archs=.* repeats a name"):
+    validation.names('config.archs', ('lenet', 'lenet'))
+  with pytest.raises(ValueError, match='must hold names'):
+    validation.names('config.archs', ('lenet', 3))
+  validation.check_choices('config.archs', ('lenet',), ('lenet', 'mlp'))
+  with pytest.raises(ValueError, match=r"config\.archs=\('vit',\) has unknown \['vit'\]; "
+                     r'accepted: lenet, mlp\.'):
+    validation.check_choices('config.archs', ('vit',), ('lenet', 'mlp'))
+  assert validation.distinct_ints('config.seeds', '0,1, 2') == (0, 1, 2)
+  assert validation.distinct_ints('config.seeds', np.int64(3)) == (3,)
+  for bad in ((0, 0), (), (-1,), ('a',)):
+    with pytest.raises(ValueError, match='config.seeds'):
+      validation.distinct_ints('config.seeds', bad)

@@ -1,0 +1,374 @@
+"""The report of an evaluation protocol: results.json, results.md, figures, machine.
+
+``write_results(workdir, results)`` writes what ``rsp.protocol.run_protocol`` returns as
+``results.json`` and renders it as ``results.md`` (``results_markdown``, the tables a
+person reads); ``make_figures`` draws the figures with ``rsp.plotting``;
+``machine_info`` records what the numbers were measured on. Nothing here computes a
+statistic: the numbers come from ``rsp.metrics``.
+
+``results.json`` holds ``config`` (the protocol config), ``rows`` (one per certified
+victim: ``rsp.protocol.run_cell``'s, plus ``acr_clean``, ``acr_drop``,
+``acr_drop_relative`` from ``rsp.metrics.add_acr_drops`` and ``vs_clean``,
+``vs_random`` from ``rsp.metrics.add_paired_comparisons``), ``aggregates`` (over seeds,
+``rsp.metrics.aggregate_rows``), ``transfer_matrix`` (or None), ``poisons`` (per poison
+set: ``poison``, ``crafted_against``, ``path``, ``metadata``, attack ``seconds``,
+``statistics`` from ``rsp.metrics.perturbation_statistics``), ``certified_points``
+(test indices), ``machine``, ``total_seconds`` (recorded compute of attacks and cells),
+``wall_seconds`` (the invocation) and ``figures`` (paths relative to the workdir).
+
+Every aggregated cell shows the mean over victim seeds and, with two seeds or more, its
+95% confidence interval (Student t over the seeds) in one cell, e.g. an ACR drop of
+``61.6% [55.1, 68.0]``; with one seed it shows the mean alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from rsp import plotting
+from rsp import version
+from rsp import workdir as workdir_lib
+
+POISON_LABELS = {
+    'none': 'clean',
+    'pacd': 'PACD',
+    'random': 'random ±eps',
+    'random_uniform': 'random U[-eps, eps]',
+    'random_zero_mean': 'random ±eps, zero-mean',
+    'no_target': 'target class removed',
+}
+# The radii of the certified-accuracy table (those the rows' curves hold).
+TABLE_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+class FigureError(RuntimeError):
+  """The figures could not be drawn or written (the results are complete without)."""
+
+
+def poison_label(poison: str, crafted_against: str = '') -> str:
+  """A readable name of a training set: 'PACD (vs macer)', 'random ±eps', ..."""
+  if poison == 'pacd':
+    return f'PACD (vs {crafted_against})' if crafted_against else 'PACD'
+  return POISON_LABELS.get(poison, poison)
+
+
+def machine_info() -> dict[str, Any]:
+  """What the numbers were measured on: platform, CPU model, cores, devices, versions."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          cpu = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {'platform': platform.platform(), 'cpu': cpu, 'cpu_count': os.cpu_count(),
+          'devices': [f'{d.platform}:{d.device_kind}' for d in jax.devices()],
+          'jax': jax.__version__, 'rsp': version.__version__}
+
+
+# ------------------------------------------------------------------------------------
+# Cells.
+
+
+def _finite(x: Any) -> bool:
+  return x is not None and bool(np.isfinite(x))
+
+
+def format_interval(mean: float | None, ci: Sequence[float] | None = None, *,
+                    percent: bool = False, digits: int = 3) -> str:
+  """A mean and its interval in one cell: ``'61.6% [55.1, 68.0]'``, ``'0.498'``.
+
+  Args:
+    mean: the value; None or NaN gives ``'-'``.
+    ci: ``[low, high]`` or None (no interval: one seed).
+    percent: show ``100 * x`` with one decimal and a % sign.
+    digits: decimals otherwise.
+  """
+  if not _finite(mean):
+    return '-'
+  scale, d = (100.0, 1) if percent else (1.0, digits)
+  text = f'{scale * mean:.{d}f}' + ('%' if percent else '')
+  if ci is not None and all(_finite(c) for c in ci):
+    text += f' [{scale * ci[0]:.{d}f}, {scale * ci[1]:.{d}f}]'
+  return text
+
+
+def format_paired(comparison: Mapping[str, Any] | None, *, digits: int = 3) -> str:
+  """A paired per-point comparison: ``'-0.801 ± 0.093 (87 fell, 3 rose)'``."""
+  if not comparison or not _finite(comparison.get('mean')):
+    return '-'
+  text = f'{comparison["mean"]:+.{digits}f}'
+  if _finite(comparison.get('standard_error')):
+    text += f' ± {comparison["standard_error"]:.{digits}f}'
+  return text + f' ({comparison["num_fell"]} fell, {comparison["num_rose"]} rose)'
+
+
+def format_paired_t(test: Mapping[str, Any] | None, *, digits: int = 3) -> str:
+  """A paired comparison over seeds: ``'-0.305 [-0.41, -0.20], p = 0.012'``."""
+  if not test or not _finite(test.get('mean')):
+    return '-'
+  text = format_interval(test['mean'], test.get('ci'), digits=digits)
+  if test['mean'] > 0:
+    text = '+' + text
+  if _finite(test.get('p_value')):
+    text += f', p = {test["p_value"]:.2g}'
+  return text
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f'{h} h {m:02d} min' if h else (f'{m} min {s:02d} s' if m else f'{s} s')
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  return (['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)] +
+          ['| ' + ' | '.join(r) + ' |' for r in rows])
+
+
+def _cell(a: Mapping[str, Any], name: str, *, percent: bool = False) -> str:
+  return format_interval(a.get(f'{name}_mean'), a.get(f'{name}_ci'), percent=percent)
+
+
+def _who(a: Mapping[str, Any]) -> list[str]:
+  return [a['train_method'], a['arch'], poison_label(a['poison'], a['crafted_against'])]
+
+
+# ------------------------------------------------------------------------------------
+# results.md.
+
+
+def _main_table(aggregates: Sequence[Mapping[str, Any]], interval: str) -> list[str]:
+  rows = []
+  for a in aggregates:
+    drop = '-' if a['poison'] == 'none' else _cell(a, 'acr_drop_relative', percent=True)
+    rows.append(_who(a) + [
+        str(len(a['seeds'])), _cell(a, 'acr'), drop,
+        format_paired_t(a.get('acr_vs_random')), _cell(a, 'certified_accuracy'),
+        _cell(a, 'abstain_rate'), _cell(a, 'clean_accuracy'),
+        _cell(a, 'target_accuracy')])
+  return _table(['training method', 'arch', 'training set', 'seeds', f'ACR{interval}',
+                 f'ACR drop{interval}', f'ACR PACD - random (paired t over seeds){interval}',
+                 f'certified acc. (r=0){interval}', f'abstain rate{interval}',
+                 f'clean acc.{interval}', f'target acc.{interval}'], rows)
+
+
+def _paired_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  body = [_who(r) + [str(r['seed']), format_interval(r['acr']),
+                     format_paired(r.get('vs_clean')), format_paired(r.get('vs_random'))]
+          for r in rows if r['poison'] != 'none']
+  return _table(['training method', 'arch', 'training set', 'seed', 'ACR',
+                 'radius - clean victim', 'radius - random victim (PACD)'], body)
+
+
+def _radius_table(aggregates: Sequence[Mapping[str, Any]]) -> list[str]:
+  curves = [a.get('certified_accuracy_curve') for a in aggregates]
+  if not any(curves):
+    return []
+  radii = [r for r in TABLE_RADII if all(c is None or r in c['radius'] for c in curves)]
+  body = []
+  for a, c in zip(aggregates, curves):
+    cells = ['-'] * len(radii)
+    if c is not None:
+      cells = [format_interval(c['mean'][c['radius'].index(r)],
+                               c['ci'][c['radius'].index(r)]) for r in radii]
+    body.append(_who(a) + cells)
+  return _table(['training method', 'arch', 'training set'] +
+                [f'r = {r:g}' for r in radii], body)
+
+
+def _other_classes_table(aggregates: Sequence[Mapping[str, Any]],
+                         certified: bool) -> list[str]:
+  header = ['training method', 'arch', 'training set', 'clean acc. (other classes)']
+  fields = ['clean_accuracy_non_target']
+  if certified:
+    header += ['ACR (all classes)', 'ACR (other classes)',
+               'certified acc. r=0 (other classes)']
+    fields += ['acr_all_classes', 'acr_non_target', 'certified_accuracy_non_target']
+  body = [_who(a) + [_cell(a, name) for name in fields] for a in aggregates]
+  return _table(header, body)
+
+
+def _transfer_table(matrix: Mapping[str, Any]) -> list[str]:
+  body = [[against] + [format_interval(m, ci, percent=True) for m, ci in zip(means, cis)]
+          for against, means, cis in zip(matrix['crafted_against'],
+                                         matrix['acr_drop_relative'],
+                                         matrix['acr_drop_relative_ci'])]
+  return _table(['poisons crafted against \\ victim'] + list(matrix['victims']), body)
+
+
+def _poison_table(poisons: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  body = []
+  for p in poisons.values():
+    s = p['statistics']
+    psnr = f'{s["psnr_mean"]:.1f}' if _finite(s['psnr_mean']) else 'inf'
+    body.append([poison_label(p['poison'], p['crafted_against']), str(s['num_images']),
+                 f'{s["linf"]:.4f}', f'{s["l2_mean"]:.3f}', psnr, f'{s["ssim_mean"]:.3f}',
+                 f'{s["mean_delta"]:+.4f}'])
+  return _table(['poison set', 'images', 'L-inf', 'mean L2', 'PSNR (dB)', 'SSIM',
+                 'mean change'], body)
+
+
+def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True) -> str:
+  """The person-readable report of ``results`` (what ``results.md`` holds).
+
+  Args:
+    results: from ``rsp.protocol.run_protocol`` or ``load_results``.
+    include_figures: end with links to the figures (relative to the workdir).
+  """
+  cfg = results['config']
+  c = cfg['certify']
+  machine = results['machine']
+  aggregates = results['aggregates']
+  most_seeds = max((len(a['seeds']) for a in aggregates), default=1)
+  spread = ('Each cell: the mean over the victim seeds [95% confidence interval, '
+            'Student t with n - 1 degrees of freedom over the n seeds].'
+            if most_seeds >= 2 else
+            'One victim seed: each cell is that victim\'s value (no interval over seeds; '
+            'see the paired per-point comparisons below).')
+  lines = [
+      f'# PACD evaluation protocol: {cfg["name"]}', '',
+      f'Data `{cfg["dataset"]}` (data seed {cfg["data_seed"]}), target class '
+      f'{cfg["target_class"]}, L-inf budget eps = {cfg["eps"]}. Every victim is trained '
+      f'from scratch and certified (Cohen et al. CERTIFY, N0 = {c["n0"]}, N = {c["n"]}, '
+      f'alpha = {c["alpha"]}, at its training sigma) on the same '
+      f'{len(results["certified_points"])} target-class test points (subset seed '
+      f'{c["subset_seed"]}) with the same noise per point. ACR drop: (ACR clean - ACR '
+      'poisoned) / ACR clean against the clean victim of the same training method, '
+      f'architecture and seed. {spread}', '',
+      '## Target-class certification', '']
+  lines += _main_table(aggregates, ' [95% CI]' if most_seeds >= 2 else '')
+  lines += ['', '## Per victim, paired over the certified points', '',
+            'Effective radius R 1[correct] of each point (its term of the ACR) minus that '
+            'of the same point for the clean victim (and, for PACD, the random ±eps '
+            'victim) of the same seed: mean ± standard error over the points, and how '
+            'many points fell or rose.', '']
+  lines += _paired_table(results['rows'])
+  radius_table = _radius_table(aggregates)
+  if radius_table:
+    lines += ['', '## Certified accuracy at radius r (target class)', ''] + radius_table
+  certified = any('acr_non_target_mean' in a for a in aggregates)
+  lines += ['', '## Other classes', '',
+            'Clean accuracy of the base classifier on the test points of the other '
+            'classes' + (f'; certification of the {c["all_classes_points"]} seeded '
+                         'test points of all classes.' if certified else '.'), '']
+  lines += _other_classes_table(aggregates, certified)
+  matrix = results.get('transfer_matrix')
+  if matrix:
+    lines += ['', '## Transfer: target-class ACR drop of PACD victims', '',
+              'Rows: the training method the poisons were crafted against; columns: the '
+              'victim (training method / architecture).', '']
+    lines += _transfer_table(matrix)
+  if results['poisons']:
+    lines += ['', '## Poisons: perturbation statistics', ''] + _poison_table(
+        results['poisons'])
+  times = [f'{poison_label(p["poison"], p["crafted_against"])} {_duration(p["seconds"])}'
+           for p in results['poisons'].values() if p.get('seconds')]
+  lines += ['', '## Machine and time', '',
+            f'{machine["cpu"]} ({machine["cpu_count"]} cores), devices '
+            f'{", ".join(machine["devices"])}; jax {machine["jax"]}, rsp {machine["rsp"]}.',
+            '',
+            f'Recorded compute: {_duration(results["total_seconds"])} in all'
+            + (f' (attacks: {", ".join(times)}; ' if times else ' (')
+            + f'victims: {_duration(sum(r["time"] for r in results["rows"]))} for '
+            f'{len(results["rows"])} trainings and certifications). This invocation: '
+            f'{_duration(results["wall_seconds"])} of wall time.']
+  if include_figures and results.get('figures'):
+    lines += ['', '## Figures', '']
+    lines += [f'![{os.path.basename(f)}]({f})' for f in results['figures']]
+  return '\n'.join(lines) + '\n'
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> dict[str, Any]:
+  """Writes ``results.json`` and then ``results.md``; returns the results as read back
+  (the same values as a later ``load_results``: NaN is None)."""
+  workdir_lib.write_json(os.path.join(workdir, 'results.json'), results)
+  results = load_results(workdir)
+  workdir_lib.write_text(os.path.join(workdir, 'results.md'), results_markdown(results))
+  return results
+
+
+def load_results(workdir: str) -> dict[str, Any]:
+  """The ``results.json`` a finished ``rsp.protocol.run_protocol`` left in ``workdir``."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.isfile(path):
+    raise ValueError(f'workdir={workdir!r} holds no results.json: run '
+                     'rsp.protocol.run_protocol first.')
+  return workdir_lib.read_json(path)
+
+
+# ------------------------------------------------------------------------------------
+# Figures.
+
+
+def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, Any]],
+                 poison_sets: Mapping[str, Any], workdir: str) -> list[str]:
+  """Writes the figures into ``workdir/figures``; returns their paths relative to it.
+
+  * ``certified_accuracy_<arch>.png``: certified accuracy against radius, one panel
+    per training method, one curve per training set (the points of all seeds pooled,
+    which is the mean curve over seeds);
+  * ``poisons_<set>.png``: clean images, poisoned images and the amplified perturbation
+    (the first ``config.num_figure_images`` images that the poisons changed);
+  * ``acr_drop.png``: the relative ACR drop per poisoned cell, with its interval.
+
+  Args:
+    results: the protocol's results (``config``, ``rows``, ``aggregates``).
+    points: ``{cell: {'radius': [m], 'correct': [m]}}`` of every row's certified points.
+    poison_sets: ``{name: poison set}`` with attributes ``poison``,
+      ``crafted_against``, ``clean_images`` and ``poisons``.
+    workdir: the protocol's workdir.
+
+  Raises:
+    rsp.workdir.WorkdirError: ``figures`` cannot be a directory (e.g. it is a file).
+  """
+  cfg = results['config']
+  workdir_lib.ensure_directory(os.path.join(workdir, 'figures'), name='figures directory')
+  out = []
+  rows = results['rows']
+  for arch in dict.fromkeys(r['arch'] for r in rows):
+    panels: dict[str, dict[str, Any]] = {}
+    for a in results['aggregates']:
+      if a['arch'] != arch:
+        continue
+      members = [points[r['cell']] for r in rows if
+                 (r['train_method'], r['arch'], r['poison_set']) ==
+                 (a['train_method'], arch, a['poison_set'])]
+      label = (f'{poison_label(a["poison"], a["crafted_against"])} '
+               f'(ACR {format_interval(a["acr_mean"])})')
+      panels.setdefault(f'{a["train_method"]}, {arch}', {})[label] = (
+          np.concatenate([p['radius'] for p in members]),
+          np.concatenate([p['correct'] for p in members]))
+    rel = os.path.join('figures', f'certified_accuracy_{arch}.png')
+    plotting.plot_certified_accuracy_panels(
+        panels, os.path.join(workdir, rel),
+        title=f'{cfg["dataset"]}, class {cfg["target_class"]}, eps {cfg["eps"]}')
+    out.append(rel)
+  for name, p in poison_sets.items():
+    rel = os.path.join('figures', f'poisons_{name}.png')
+    # The first images the attack changed (a short attack leaves some untouched).
+    changed = np.flatnonzero(np.any(p.poisons != p.clean_images, axis=(1, 2, 3)))
+    shown = (changed if changed.size else np.arange(len(p.poisons)))
+    shown = shown[:cfg['num_figure_images']]
+    plotting.plot_poison_examples(
+        p.clean_images[shown], p.poisons[shown], os.path.join(workdir, rel),
+        num_images=cfg['num_figure_images'],
+        title=f'{poison_label(p.poison, p.crafted_against)}: max |delta| = '
+              f'{float(np.abs(p.poisons - p.clean_images).max()):.3g}')
+    out.append(rel)
+  if any(a['poison'] != 'none' for a in results['aggregates']):
+    rel = os.path.join('figures', 'acr_drop.png')
+    plotting.plot_acr_drop(
+        results['aggregates'], os.path.join(workdir, rel),
+        label=lambda a: poison_label(a['poison'], a['crafted_against']),
+        title=f'{cfg["name"]}: target-class ACR drop')
+    out.append(rel)
+  return out
