@@ -70,11 +70,11 @@ import ml_collections
 import numpy as np
 
 from rsp import attack as attack_lib
+from rsp import certification
 from rsp import data as data_lib
 from rsp import metrics
 from rsp import models
 from rsp import plotting
-from rsp import smoothing
 from rsp import train as train_lib
 from rsp import validation
 from rsp import version
@@ -641,7 +641,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
   test = splits['test']
 
   def certify(indices, tsv_name):
-    return smoothing.certify_dataset(
+    return certification.certify_dataset(
         jax.random.key(c.seed), trained.apply_fn, trained.variables, test['image'],
         test['label'], indices=indices, tsv_path=os.path.join(cell_dir, tsv_name),
         num_classes=trained.num_classes, sigma=sigma, n0=c.n0, n=c.n, alpha=c.alpha,

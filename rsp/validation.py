@@ -42,3 +42,23 @@ def check_ints(prefix: str, config: Any, names: Iterable[str], minimum: int = 1)
   """``check_int`` on several fields of a config: ``f'{prefix}{field}'`` names each."""
   for field in names:
     check_int(f'{prefix}{field}', config.get(field), minimum)
+
+
+def real_number(value: Any) -> float | None:
+  """``value`` as a float if it is a real number, else None.
+
+  Real numbers are Python, NumPy and 0-d array (NumPy or JAX, e.g. ``jnp.float32(0.5)``)
+  ints and floats; bools, strings, None and arrays with elements are not.
+  """
+  if isinstance(value, (bool, np.bool_)):
+    return None
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return float(value)
+  dtype = getattr(value, 'dtype', None)
+  if getattr(value, 'ndim', None) == 0 and dtype is not None and (
+      np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+    try:
+      return float(value)
+    except TypeError:  # A traced JAX value: not a number yet.
+      return None
+  return None
