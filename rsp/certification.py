@@ -19,8 +19,8 @@ depend on:
 * ``inputs.checkpoint``: the step of the checkpoint restored, a digest of that step's
   directory and a digest of the restored variables;
 * ``inputs.points``: how many points, and a digest of their indices, images and labels;
-* ``inputs.indices_file``: a digest of the indices read from ``config.indices_file``
-  (None without one);
+* ``inputs.indices_from_file``: a digest of the indices read from
+  ``config.indices_file`` (None without one);
 * ``inputs.sigma``: the noise level used (``config.sigma`` or the training sigma).
 
 A rerun with the same workdir resumes the log only if all of these are unchanged
@@ -60,7 +60,9 @@ from rsp import train as train_lib
 from rsp import validation
 from rsp import workdir as workdir_lib
 
-# Config fields a resumed certification may change (see the module docstring).
+# Config fields a resumed certification may change (see the module docstring). A name
+# without dots matches at any depth (rsp.workdir.check_settings), so no key of
+# ``inputs`` may be one of these.
 RESUMABLE_FIELDS = ('batch_size', 'chunk_size', 'checkpoint_dir', 'data_dir',
                     'indices_file')
 
@@ -86,24 +88,22 @@ def _check_string(name: str, value: Any) -> None:
     raise ValueError(f'{name}={value!r} must be a string (a path or a name; \'\' for none).')
 
 
-def _target_class(value: Any, num_classes: int | None = None) -> int | None:
+def _target_class(value: Any, num_classes: int) -> int | None:
   """``config.target_class`` as a class, or None for every class (``ALL_CLASSES``)."""
   if value is None or (isinstance(value, str) and value == 'all') or (
       validation.is_int(value) and value == -1):
     return None
-  if validation.is_int(value) and value >= 0 and (num_classes is None or
-                                                  value < num_classes):
+  if validation.is_int(value) and 0 <= value < num_classes:
     return int(value)
-  bound = f'[0, {num_classes})' if num_classes is not None else '>= 0'
   raise ValueError(f'config.target_class={value!r} is not a class; accepted: an integer '
-                   f"in {bound}, or None, 'all' or -1 for every class.")
+                   f"in [0, {num_classes}), or None, 'all' or -1 for every class.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a certification config that cannot work; reads no file.
 
-  Checks every field of ``rsp/configs/certify.py`` but the ones that need the model or
-  the data (the range of ``target_class``, the indices in ``indices_file``); those are
+  Checks every field of ``rsp/configs/certify.py`` but what needs the training run or
+  the data (the value of ``target_class``, the indices in ``indices_file``); those are
   checked by ``certify_split`` before any work.
   """
   for name in ('checkpoint_dir', 'dataset', 'data_dir', 'indices_file'):
@@ -115,7 +115,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_int('config.data_seed', config.data_seed, -1,
                        meaning="-1: the training run's")
   validation.check_choice('config.split', config.split, SPLITS)
-  _target_class(config.target_class)
+  target = config.target_class  # Its range is checked once the data set is known.
+  if not (target is None or target == 'all' or validation.is_int(target)):
+    raise ValueError(f'config.target_class={target!r} is not a class; accepted: an '
+                     "integer (a class of the data set), or None, 'all' or -1 for every "
+                     'class.')
   if not validation.is_int(config.num_points):
     raise ValueError(f'config.num_points={config.num_points!r} must be an integer (<= 0: '
                      'every point of the class).')
@@ -503,8 +507,8 @@ def certify_split(config: ml_collections.ConfigDict, workdir: str, *,
       'points': {'count': int(len(indices)),
                  'sha256': workdir_lib.array_digest(indices, images[indices],
                                                     labels[indices])},
-      'indices_file': (None if file_indices is None else
-                       {'indices_sha256': workdir_lib.array_digest(file_indices)}),
+      'indices_from_file': (None if file_indices is None else
+                            {'sha256': workdir_lib.array_digest(file_indices)}),
       'sigma': sigma,
   }
   settings = dict(config.to_dict(), inputs=inputs)
