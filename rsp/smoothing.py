@@ -390,11 +390,21 @@ def check_certify_args(key: Any, images: Any, *, indices: Any = None, num_classe
   Raises:
     ValueError: naming the argument, its value and what is accepted.
   """
-  _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                      batch_size=batch_size)
-  _check_key(key)
+  _, _, _, images, indices = _check_certify_many_args(
+      key, images, indices=indices, num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+      alpha=alpha, batch_size=batch_size, unique=unique)
+  return images, indices
+
+
+def _check_certify_many_args(key, images, *, indices, num_classes, sigma, n0, n, alpha,
+                             batch_size, unique):
+  """``check_certify_args``, also returning sigma and alpha as floats and the key."""
+  sigma, alpha = _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+                                     alpha=alpha, batch_size=batch_size)
+  key = _check_key(key)
   images = _check_images('images', images, 4)
-  return images, _check_indices(indices, images.shape[0], unique=unique)
+  indices = _check_indices(indices, images.shape[0], unique=unique)
+  return sigma, alpha, key, images, indices
 
 
 # ------------------------------------------------------------------------------------
@@ -727,10 +737,9 @@ def certify_many(key: jax.Array, apply_fn: ApplyFn, params: Any, images: Any, *,
     ValueError: a bad argument, before any work (as ``certify``).
     FloatingPointError: the classifier returned NaN or inf logits.
   """
-  images, indices = check_certify_args(key, images, indices=indices,
-                                       num_classes=num_classes, sigma=sigma, n0=n0, n=n,
-                                       alpha=alpha, batch_size=batch_size)
-  sigma, alpha = _check_sigma(sigma), _check_alpha(alpha)
+  sigma, alpha, key, images, indices = _check_certify_many_args(
+      key, images, indices=indices, num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+      alpha=alpha, batch_size=batch_size, unique=False)
   if indices.size == 0:
     return []
   check_model_input(apply_fn, params, images.shape[1:], num_classes=num_classes)
