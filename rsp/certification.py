@@ -32,11 +32,13 @@ the fields in ``RESUMABLE_FIELDS`` may change: they do not change the certificat
 fingerprinted (``checkpoint_dir``, ``data_dir``, ``indices_file``), so a moved training
 run resumes.
 
-Every config field and argument is checked before any file is read beyond the config
-files, and before any file is written; bad input raises a ``ValueError`` naming it by
-its full path (``config.alpha``), its value and what is accepted. All JSON and text
-files are written through ``rsp.workdir`` (atomically); the TSV log is created there
-and then appended to, one flushed chunk at a time.
+The config, the training run's config, the workdir's paths and the indices file are
+checked before any work (loading the model and the data); the record and the log of an
+earlier run in the workdir right after it; all of it before any file is written. Bad
+input raises a ``ValueError`` naming it by its full path (``config.alpha``), its value
+and what is accepted. All JSON and text files are written through ``rsp.workdir``
+(atomically); the TSV log is created there and then appended to, one flushed chunk at a
+time.
 """
 
 from __future__ import annotations
@@ -68,9 +70,6 @@ RESUMABLE_FIELDS = ('batch_size', 'chunk_size', 'checkpoint_dir', 'data_dir',
 
 SPLITS = ('train', 'val', 'test')
 
-# The values of config.target_class that mean "every class".
-ALL_CLASSES = (None, 'all', -1)
-
 TSV_NAME = 'certify.tsv'
 CONFIG_NAME = 'config.json'
 SUMMARY_NAME = 'summary.json'
@@ -89,7 +88,7 @@ def _check_string(name: str, value: Any) -> None:
 
 
 def _target_class(value: Any, num_classes: int) -> int | None:
-  """``config.target_class`` as a class, or None for every class (``ALL_CLASSES``)."""
+  """``config.target_class`` as a class, or None for every class (None, 'all' or -1)."""
   if value is None or (isinstance(value, str) and value == 'all') or (
       validation.is_int(value) and value == -1):
     return None
