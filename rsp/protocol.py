@@ -46,6 +46,7 @@ import numpy as np
 
 from rsp import attack as attack_lib
 from rsp import baselines
+from rsp import certification
 from rsp import data as data_lib
 from rsp import metrics
 from rsp import models
@@ -184,7 +185,7 @@ def certification_sigma(config: ml_collections.ConfigDict,
 
 
 def _validate_certify(c: ml_collections.ConfigDict) -> None:
-  """The certification settings, as ``rsp.smoothing.certify_dataset`` will check them."""
+  """The certification settings, as ``rsp.certification.certify_dataset`` will check them."""
   validation.check_ints('config.certify.', c, ('n0', 'n', 'batch_size', 'num_points'))
   validation.check_ints('config.certify.', c, ('seed', 'subset_seed'), minimum=0)
   validation.check_int('config.certify.all_classes_points', c.all_classes_points, 0,
@@ -378,7 +379,7 @@ def training_set(cell: Cell, train: Mapping[str, np.ndarray],
                  poison_sets: Mapping[str, PoisonSet], victim: ml_collections.ConfigDict
                  ) -> dict[str, np.ndarray]:
   """The victim's training split for ``cell``: clean, poisoned or without the target
-  class, then ``victim.train_subset`` points of it if > 0 (as ``rsp.train.load_splits``
+  class, then ``victim.train_subset`` points of it if > 0 (as ``rsp.data.load_splits``
   does: drawn by the data seed, after poisoning)."""
   if cell.poison == 'none':
     out = dict(train)
@@ -445,7 +446,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
   test = splits['test']
 
   def certify(indices, tsv_name):
-    return smoothing.certify_dataset(
+    return certification.certify_dataset(
         jax.random.key(c.seed), trained.apply_fn, trained.variables, test['image'],
         test['label'], indices=indices, tsv_path=os.path.join(cell_dir, tsv_name),
         num_classes=trained.num_classes, sigma=sigma, n0=c.n0, n=c.n, alpha=c.alpha,
@@ -502,7 +503,7 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   """
   t_start = time.time()
   validate_config(config)
-  splits = train_lib.load_splits(ml_collections.ConfigDict(  # The clean, whole data.
+  splits = data_lib.load_splits(ml_collections.ConfigDict(  # The clean, whole data.
       {'dataset': config.dataset, 'data_dir': config.get('data_dir', ''),
        'data_seed': config.data_seed}))
   cells = resolve_cells(config)

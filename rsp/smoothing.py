@@ -24,9 +24,17 @@ Work is split as the house style asks:
   of images. When n is smaller than the batch, several images share a batch (the
   selection step's n0 = 100 samples alone leave a small model idle). The noisy batch is
   sharded over the local devices (``jax.sharding``); a multi-host ``jax.distributed`` run
-  gives each process its own ``indices`` and TSV.
+  gives each process its own ``indices``.
 * Host (float64, scipy): the binomial test, the Clopper-Pearson bound
   (``scipy.stats.beta.ppf``) and the radius.
+
+This module is the pure core: it reads and writes no files. Certifying a data set into a
+resumable log, and the certify experiment, live in ``rsp.certification``.
+
+Every public function checks its arguments before any work and raises a ``ValueError``
+naming the argument: the numbers (sigma, alpha, n0, n, ...), the key (a ``jax.random``
+key, not an int seed), the images (finite float pixels in [0, 1]) and whether the model
+takes images of that shape at all (traced once with ``jax.eval_shape``).
 
 Randomness. Sample j of point i draws its noise from ``fold_in(k_i, j)`` where k_i is that
 point's key (``fold_in(key, idx)`` for dataset index ``idx``, split into a selection and
@@ -45,11 +53,8 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import time
 from typing import Any, Callable, NamedTuple, Sequence
 
-from absl import logging
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -64,7 +69,7 @@ ABSTAIN = metrics.ABSTAIN  # -1: the smoothed classifier declines to predict.
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 _BATCH_AXIS = 'batch'
-_MAX_SAMPLES = 2**31 - 1  # Counts are int32 on device.
+MAX_SAMPLES = 2**31 - 1  # The most samples per image (n0, n): counts are int32.
 
 # How many times the device function has been traced (i.e. compiled); the tests assert
 # that certifying more images does not raise it.
@@ -160,7 +165,7 @@ def min_samples_to_certify(alpha: float) -> int:
   Even if all n samples vote for c_A, pA_lower = alpha^(1/n), which exceeds 1/2 only if
   n > log2(1/alpha) (10 at alpha = 0.001).
   """
-  _check_alpha(alpha)
+  alpha = _check_alpha(alpha)
   n = max(1, math.floor(math.log(alpha) / math.log(0.5)))
   while n > 1 and clopper_pearson_lower(n - 1, n - 1, alpha) > 0.5:
     n -= 1
@@ -175,7 +180,7 @@ def min_samples_to_predict(alpha: float) -> int:
   With n_A = n and n_B = 0 the two-sided p-value is 2 * 2^-n, which must be <= alpha:
   n >= log2(2/alpha) (11 at alpha = 0.001).
   """
-  _check_alpha(alpha)
+  alpha = _check_alpha(alpha)
   n = max(1, math.floor(math.log(alpha / 2) / math.log(0.5)))
   while n > 1 and scipy.stats.binomtest(n - 1, n - 1, 0.5).pvalue <= alpha:
     n -= 1
@@ -188,30 +193,69 @@ def min_samples_to_predict(alpha: float) -> int:
 # Argument checks: every public function calls these before any work.
 
 
-def _check_alpha(alpha: Any) -> None:
-  if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not (
-      0.0 < float(alpha) < 1.0):
+def _check_alpha(alpha: Any) -> float:
+  value = validation.real_number(alpha)
+  if value is None or not 0.0 < value < 1.0:
     raise ValueError(f'alpha={alpha!r} must be a number in the open interval (0, 1) '
                      '(the probability that a certificate is wrong; Cohen uses 0.001).')
+  return value
 
 
 def _check_positive_int(name: str, value: Any, maximum: int | None = None) -> None:
   validation.check_int(name, value, 1, maximum)
 
 
-def _check_sigma(sigma: Any) -> None:
-  if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) or not (
-      math.isfinite(float(sigma)) and float(sigma) > 0):
+def _check_sigma(sigma: Any) -> float:
+  value = validation.real_number(sigma)
+  if value is None or not (math.isfinite(value) and value > 0):
     raise ValueError(f'sigma={sigma!r} must be a finite number > 0 (the standard '
                      'deviation of the Gaussian noise, in pixel units).')
+  return value
 
 
 def _check_num_classes(num_classes: Any) -> None:
   validation.check_int('num_classes', num_classes, 2)
 
 
+def _is_key_array(key: Any) -> bool:
+  return isinstance(key, (jax.Array, np.ndarray)) and (
+      jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == np.uint32)
+
+
+def _key_error(name: str, key: Any, expected: str) -> ValueError:
+  hint = ''
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    hint = f'; for the seed {int(key)} pass jax.random.key({int(key)})'
+  shape = f' of shape {key.shape} and dtype {key.dtype}' if hasattr(key, 'shape') else ''
+  return ValueError(f'{name}={key!r} ({type(key).__name__}{shape}) is not {expected}: '
+                    f'expected what jax.random.key(seed) returns (or a raw uint32 '
+                    f'jax.random.PRNGKey(seed)){hint}.')
+
+
+def _check_key(key: Any) -> jax.Array:
+  """One ``jax.random`` key (typed, or a raw ``uint32[2]``) as a jax array."""
+  if _is_key_array(key):
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if (typed and key.shape == ()) or (not typed and key.ndim == 1):
+      return jnp.asarray(key)
+  raise _key_error('key', key, 'one jax.random key')
+
+
+def _check_keys(keys: Any, count: int) -> jax.Array:
+  """``count`` keys (typed ``[count]`` or raw ``uint32[count, 2]``) as a jax array."""
+  if _is_key_array(keys):
+    typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    if keys.ndim == (1 if typed else 2):
+      if keys.shape[0] != count:
+        raise ValueError(f'keys has {keys.shape[0]} entries for {count} images; '
+                         'expected one key per image.')
+      return jnp.asarray(keys)
+  raise _key_error('keys', keys, f'a batch of {count} jax.random keys')
+
+
 def _check_images(name: str, images: Any, ndim: int) -> np.ndarray:
-  """``images`` as float32 numpy; raises unless it has ``ndim`` dims and is finite."""
+  """``images`` as float32 numpy; raises unless it has ``ndim`` dims and finite pixels
+  in [0, 1]."""
   try:
     array = np.asarray(images)
   except Exception as e:  # pylint: disable=broad-except
@@ -226,6 +270,11 @@ def _check_images(name: str, images: Any, ndim: int) -> np.ndarray:
   if not np.all(np.isfinite(array)):
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     raise ValueError(f'{name} holds {bad} NaN or inf values; images must be finite.')
+  if array.size and (array.min() < 0.0 or array.max() > 1.0):
+    raise ValueError(f'{name} holds pixel values from {array.min():g} to '
+                     f'{array.max():g}; expected pixels in [0, 1] (divide uint8 images by '
+                     '255; a normalisation belongs inside the model, so that sigma is in '
+                     'pixel units).')
   return array
 
 
@@ -241,27 +290,121 @@ def _check_indices(indices: Any, num_images: int, *, unique: bool) -> np.ndarray
     raise ValueError(f'indices must lie in [0, {num_images}) (the number of images); got '
                      f'values from {array.min()} to {array.max()}.')
   if unique and len(np.unique(array)) != len(array):
-    raise ValueError('indices must not repeat (each row of the TSV is one point).')
+    raise ValueError('indices must not repeat (each point is certified once).')
   return array
 
 
-def _check_common(*, num_classes, sigma, alpha, batch_size) -> None:
+def _check_common(*, num_classes, sigma, alpha, batch_size) -> tuple[float, float]:
   _check_num_classes(num_classes)
-  _check_sigma(sigma)
-  _check_alpha(alpha)
+  sigma = _check_sigma(sigma)
+  alpha = _check_alpha(alpha)
   _check_positive_int('batch_size', batch_size)
+  return sigma, alpha
 
 
-def _check_certify_args(*, num_classes, sigma, n0, n, alpha, batch_size) -> None:
-  _check_common(num_classes=num_classes, sigma=sigma, alpha=alpha, batch_size=batch_size)
-  _check_positive_int('n0', n0, _MAX_SAMPLES)
-  _check_positive_int('n', n, _MAX_SAMPLES)
+def _check_certify_args(*, num_classes, sigma, n0, n, alpha,
+                        batch_size) -> tuple[float, float]:
+  sigma, alpha = _check_common(num_classes=num_classes, sigma=sigma, alpha=alpha,
+                               batch_size=batch_size)
+  _check_positive_int('n0', n0, MAX_SAMPLES)
+  _check_positive_int('n', n, MAX_SAMPLES)
   needed = min_samples_to_certify(alpha)
   if n < needed:
     raise ValueError(
         f'n={n} is too small for any certificate at alpha={alpha}: even if all n samples '
         f'vote for one class, the Clopper-Pearson lower bound alpha**(1/n) = '
         f'{alpha ** (1 / n):.4f} does not exceed 1/2. Use n >= {needed}.')
+  return sigma, alpha
+
+
+@functools.lru_cache(maxsize=256)
+def _logits_shape(apply_fn: ApplyFn, params_treedef, params_leaves: tuple,
+                  image_shape: tuple[int, ...]) -> Any:
+  """``apply_fn``'s output shape on one image, by tracing (``jax.eval_shape``) only;
+  cached, so that certifying image after image traces the model once."""
+  params = jax.tree.unflatten(params_treedef, [jax.ShapeDtypeStruct(shape, dtype)
+                                               for shape, dtype in params_leaves])
+  image = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  return jax.eval_shape(apply_fn, params, image)
+
+
+def check_model_input(apply_fn: ApplyFn, params: Any, image_shape: Sequence[int], *,
+                      num_classes: int) -> None:
+  """Raises ValueError unless ``apply_fn(params, images [B, *image_shape])`` returns
+  logits ``[B, num_classes]``.
+
+  Only traces the model (``jax.eval_shape``; nothing runs), once per model and image
+  shape. An image shape the model cannot take (a flax ``ScopeParamShapeError``: the
+  parameters were made for other images) is reported with the shapes involved.
+
+  Args:
+    apply_fn: ``apply_fn(params, images [B, H, W, C]) -> logits [B, K]``.
+    params: the classifier's variables.
+    image_shape: ``(H, W, C)`` of one image.
+    num_classes: K.
+  """
+  image_shape = tuple(int(d) for d in image_shape)
+  if not callable(apply_fn):
+    raise ValueError(f'apply_fn={apply_fn!r} is not callable; expected '
+                     'apply_fn(params, images) -> logits.')
+  try:
+    hash(apply_fn)
+  except TypeError:
+    raise ValueError(f'apply_fn={apply_fn!r} is not hashable; it is a static argument of '
+                     'the jitted counting function (wrap it in a plain function).') from None
+  leaves, treedef = jax.tree.flatten(params)
+  try:
+    spec = tuple((tuple(np.shape(x)), jnp.result_type(x)) for x in leaves)
+  except TypeError as e:
+    raise ValueError(f'params holds a leaf that is not an array ({e}); expected the '
+                     "classifier's variables (a pytree of arrays).") from None
+  try:
+    out = _logits_shape(apply_fn, treedef, spec, image_shape)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'the model cannot take images of shape {image_shape}: apply_fn(params, images '
+        f'[B, {", ".join(map(str, image_shape))}]) fails when traced with '
+        f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""} '
+        '(most likely its parameters were made for images of another shape: certify '
+        'images of the shape the model was trained on).') from e
+  if not hasattr(out, 'shape') or tuple(out.shape) != (1, num_classes):
+    got = tuple(out.shape) if hasattr(out, 'shape') else type(out).__name__
+    raise ValueError(f'apply_fn returned logits of shape {got} for one image of shape '
+                     f'{image_shape}; expected (1, {num_classes}) (num_classes).')
+
+
+def check_certify_args(key: Any, images: Any, *, indices: Any = None, num_classes: int,
+                       sigma: float, n0: int, n: int, alpha: float, batch_size: int,
+                       unique: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """The argument checks of ``certify_many`` but the model's, for a driver that must
+  refuse bad input before it writes anything.
+
+  Args:
+    key, images, indices, num_classes, sigma, n0, n, alpha, batch_size: as in
+      ``certify_many``.
+    unique: refuse repeated indices.
+
+  Returns:
+    ``(images as float32, indices as int64)``.
+
+  Raises:
+    ValueError: naming the argument, its value and what is accepted.
+  """
+  _, _, _, images, indices = _check_certify_many_args(
+      key, images, indices=indices, num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+      alpha=alpha, batch_size=batch_size, unique=unique)
+  return images, indices
+
+
+def _check_certify_many_args(key, images, *, indices, num_classes, sigma, n0, n, alpha,
+                             batch_size, unique):
+  """``check_certify_args``, also returning sigma and alpha as floats and the key."""
+  sigma, alpha = _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+                                     alpha=alpha, batch_size=batch_size)
+  key = _check_key(key)
+  images = _check_images('images', images, 4)
+  indices = _check_indices(indices, images.shape[0], unique=unique)
+  return sigma, alpha, key, images, indices
 
 
 # ------------------------------------------------------------------------------------
@@ -412,9 +555,9 @@ def count_noisy_predictions(keys: jax.Array, apply_fn: ApplyFn, params: Any,
       static argument of the jitted function: pass the same function object every call
       or each new one compiles again.
     params: the classifier's variables (any pytree).
-    images: ``[N, H, W, C]`` float32.
+    images: ``[N, H, W, C]`` float pixels in [0, 1].
     num_classes: K.
-    sigma: noise standard deviation, > 0.
+    sigma: noise standard deviation, > 0 (a number or a 0-d array).
     n: samples per image, >= 1.
     batch_size: noisy images per forward pass; memory is bounded by it, not by n.
     devices: devices to shard each noisy batch over (default: all local devices).
@@ -427,13 +570,12 @@ def count_noisy_predictions(keys: jax.Array, apply_fn: ApplyFn, params: Any,
     FloatingPointError: if the classifier returns NaN or inf logits.
   """
   _check_num_classes(num_classes)
-  _check_sigma(sigma)
+  sigma = _check_sigma(sigma)
   _check_positive_int('batch_size', batch_size)
-  _check_positive_int('n', n, _MAX_SAMPLES)
+  _check_positive_int('n', n, MAX_SAMPLES)
   images = _check_images('images', images, 4)
-  if len(keys) != images.shape[0]:
-    raise ValueError(f'keys has {len(keys)} entries for {images.shape[0]} images; '
-                     'expected one key per image.')
+  keys = _check_keys(keys, images.shape[0])
+  check_model_input(apply_fn, params, images.shape[1:], num_classes=num_classes)
   return _counts_on_device(keys, apply_fn, params, images, num_classes=num_classes,
                            sigma=sigma, n=n, batch_size=batch_size,
                            mesh=_resolve_mesh(devices))
@@ -468,9 +610,9 @@ def predict(key: jax.Array, apply_fn: ApplyFn, params: Any, x: Any, *, num_class
     key: a jax.random key; the same key gives the same answer.
     apply_fn: ``apply_fn(params, images [B, H, W, C]) -> logits [B, K]``.
     params: the classifier's variables.
-    x: one image ``[H, W, C]``.
+    x: one image ``[H, W, C]``, float pixels in [0, 1].
     num_classes: K >= 2.
-    sigma: noise standard deviation, > 0.
+    sigma: noise standard deviation, > 0 (a number or a 0-d array).
     n: number of noisy samples; at least ``min_samples_to_predict(alpha)``.
     alpha: level of the test, in (0, 1).
     batch_size: noisy images per forward pass.
@@ -479,21 +621,28 @@ def predict(key: jax.Array, apply_fn: ApplyFn, params: Any, x: Any, *, num_class
   Returns:
     The predicted class, or ``ABSTAIN`` (-1).
 
+  Raises:
+    ValueError: a bad argument (see the module docstring), before any work.
+    FloatingPointError: the classifier returned NaN or inf logits.
+
   Example::
 
     c = predict(jax.random.key(0), apply_fn, variables, image, num_classes=10,
                 sigma=0.5, n=100_000, alpha=0.001, batch_size=1000)
   """
-  _check_common(num_classes=num_classes, sigma=sigma, alpha=alpha, batch_size=batch_size)
-  _check_positive_int('n', n, _MAX_SAMPLES)
+  sigma, alpha = _check_common(num_classes=num_classes, sigma=sigma, alpha=alpha,
+                               batch_size=batch_size)
+  _check_positive_int('n', n, MAX_SAMPLES)
   needed = min_samples_to_predict(alpha)
   if n < needed:
     raise ValueError(f'n={n} is too small for PREDICT ever to return a class at '
                      f'alpha={alpha}: with all n votes for one class the two-sided '
                      f'binomial p-value 2 * 0.5**n = {min(1.0, 2 * 0.5 ** n):.4g} exceeds '
                      f'alpha. Use n >= {needed}.')
+  key = _check_key(key)
   x = _check_images('x', x, 3)
-  counts = _counts_on_device(jnp.asarray(key)[None], apply_fn, params, x[None],
+  check_model_input(apply_fn, params, x.shape, num_classes=num_classes)
+  counts = _counts_on_device(key[None], apply_fn, params, x[None],
                              num_classes=num_classes, sigma=sigma, n=n,
                              batch_size=batch_size, mesh=_resolve_mesh(devices))
   return predict_from_counts(counts[0], alpha)
@@ -529,9 +678,10 @@ def certify(key: jax.Array, apply_fn: ApplyFn, params: Any, x: Any, *, num_class
       into the selection and the estimation stream).
     apply_fn: ``apply_fn(params, images [B, H, W, C]) -> logits [B, K]``.
     params: the classifier's variables.
-    x: one image ``[H, W, C]``.
+    x: one image ``[H, W, C]``, float pixels in [0, 1].
     num_classes: K >= 2.
-    sigma: noise standard deviation, > 0 (in pixel units, as in training).
+    sigma: noise standard deviation, > 0 (in pixel units, as in training; a number or a
+      0-d array).
     n0: selection samples, >= 1 (Cohen: 100).
     n: estimation samples, at least ``min_samples_to_certify(alpha)`` (Cohen: 100,000).
     alpha: failure probability, in (0, 1) (Cohen: 0.001).
@@ -542,16 +692,22 @@ def certify(key: jax.Array, apply_fn: ApplyFn, params: Any, x: Any, *, num_class
     A ``CertifyResult`` (prediction, radius, pa_lower, count, n, selection_counts,
     counts).
 
+  Raises:
+    ValueError: a bad argument (see the module docstring), before any work.
+    FloatingPointError: the classifier returned NaN or inf logits.
+
   Example::
 
     r = certify(jax.random.key(0), apply_fn, variables, image, num_classes=10,
                 sigma=0.5, n0=100, n=100_000, alpha=0.001, batch_size=1000)
     r.prediction, r.radius
   """
-  _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                      batch_size=batch_size)
+  sigma, alpha = _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+                                     alpha=alpha, batch_size=batch_size)
+  key = _check_key(key)
   x = _check_images('x', x, 3)
-  return _certify_points(jnp.asarray(key)[None], apply_fn, params, x[None],
+  check_model_input(apply_fn, params, x.shape, num_classes=num_classes)
+  return _certify_points(key[None], apply_fn, params, x[None],
                          num_classes=num_classes, sigma=sigma, n0=n0, n=n, alpha=alpha,
                          batch_size=batch_size, mesh=_resolve_mesh(devices))[0]
 
@@ -569,271 +725,25 @@ def certify_many(key: jax.Array, apply_fn: ApplyFn, params: Any, images: Any, *,
   Args:
     key: a jax.random key.
     apply_fn, params: the base classifier (see ``certify``).
-    images: ``[N, H, W, C]`` float32.
+    images: ``[N, H, W, C]`` float pixels in [0, 1].
     indices: which images to certify (default: all, in order); they also name the points
       for the key derivation.
     num_classes, sigma, n0, n, alpha, batch_size, devices: as in ``certify``.
 
   Returns:
     One ``CertifyResult`` per index, in order.
+
+  Raises:
+    ValueError: a bad argument, before any work (as ``certify``).
+    FloatingPointError: the classifier returned NaN or inf logits.
   """
-  _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                      batch_size=batch_size)
-  images = _check_images('images', images, 4)
-  indices = _check_indices(indices, images.shape[0], unique=False)
+  sigma, alpha, key, images, indices = _check_certify_many_args(
+      key, images, indices=indices, num_classes=num_classes, sigma=sigma, n0=n0, n=n,
+      alpha=alpha, batch_size=batch_size, unique=False)
   if indices.size == 0:
     return []
+  check_model_input(apply_fn, params, images.shape[1:], num_classes=num_classes)
   point_keys = _point_keys(key, jnp.asarray(indices, jnp.uint32))
   return _certify_points(point_keys, apply_fn, params, images[indices],
                          num_classes=num_classes, sigma=sigma, n0=n0, n=n, alpha=alpha,
                          batch_size=batch_size, mesh=_resolve_mesh(devices))
-
-
-# ------------------------------------------------------------------------------------
-# Certifying a data set into a resumable TSV log.
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'
-
-
-def _open_log(tsv_path: str, indices: np.ndarray, labels: np.ndarray) -> int:
-  """Makes ``tsv_path`` a valid log prefix for ``indices``; returns the rows it holds.
-
-  A partial last line (a run killed while writing) is cut off. Raises ValueError if the
-  file holds rows of other points than the first ones of ``indices``.
-  """
-  directory = os.path.dirname(os.path.abspath(tsv_path))
-  os.makedirs(directory, exist_ok=True)
-  text = ''
-  if os.path.exists(tsv_path):
-    with open(tsv_path) as f:
-      text = f.read()
-  complete = text[:text.rfind('\n') + 1]
-  if not complete.startswith(metrics.TSV_HEADER + '\n'):
-    if complete:
-      raise ValueError(f'tsv_path={tsv_path!r} exists but is not a certification log '
-                       f'(first line {complete.splitlines()[0]!r}); move it away.')
-    with open(tsv_path, 'w') as f:
-      f.write(metrics.TSV_HEADER + '\n')
-    return 0
-  if len(complete) != len(text):
-    with open(tsv_path, 'w') as f:
-      f.write(complete)
-  rows = metrics.read_certification_tsv(tsv_path)
-  done = np.asarray([r.idx for r in rows], np.int64)
-  if len(done) > len(indices) or np.any(done != indices[:len(done)]):
-    raise ValueError(
-        f'tsv_path={tsv_path!r} holds rows for points {done[:5].tolist()}... that are not '
-        f'the first {len(done)} of the requested indices {indices[:5].tolist()}...; it '
-        'comes from another run: delete it or choose another path.')
-  logged_labels = np.asarray([r.label for r in rows], np.int64)
-  if np.any(logged_labels != labels[done]):
-    raise ValueError(f'tsv_path={tsv_path!r} records labels that differ from labels; it '
-                     'comes from another data set: delete it or choose another path.')
-  return len(rows)
-
-
-def certify_dataset(key: jax.Array, apply_fn: ApplyFn, params: Any, images: Any,
-                    labels: Any, *, indices: Any = None, tsv_path: str, num_classes: int,
-                    sigma: float, n0: int, n: int, alpha: float, batch_size: int,
-                    chunk_size: int | None = None,
-                    devices: Sequence[Any] | None = None) -> list[metrics.CertificationRow]:
-  """Certifies ``images[indices]`` into Cohen's TSV log, resuming a partial log.
-
-  Rows ``idx label predict radius correct time`` (after a header line) are appended
-  ``chunk_size`` points at a time and flushed. Restarted with the same arguments, it
-  keeps the rows already in ``tsv_path`` and certifies the rest; since point ``idx`` is
-  certified with ``fold_in(key, idx)``, the finished log equals that of an uninterrupted
-  run (up to the wall-clock ``time`` column, which is the chunk's seconds per point).
-  Progress and the estimated time left are logged with absl.
-
-  Args:
-    key: a jax.random key.
-    apply_fn, params: the base classifier (see ``certify``).
-    images: ``[N, H, W, C]`` float32.
-    labels: ``[N]`` integer labels.
-    indices: the points to certify, in order (default: all); they must not repeat.
-    tsv_path: the log to write (its directory is created).
-    num_classes, sigma, n0, n, alpha, batch_size, devices: as in ``certify``.
-    chunk_size: points per chunk between writes (default: as many as share a selection
-      batch, ``max(1, batch_size // n0)``).
-
-  Returns:
-    The rows of the finished log, in order (read back from ``tsv_path``).
-  """
-  _check_certify_args(num_classes=num_classes, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                      batch_size=batch_size)
-  images = _check_images('images', images, 4)
-  labels = np.asarray(labels)
-  if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f'labels has shape {labels.shape} and dtype {labels.dtype}; expected '
-                     f'{images.shape[0]} integers (one per image).')
-  indices = _check_indices(indices, images.shape[0], unique=True)
-  if chunk_size is None:
-    chunk_size = max(1, batch_size // n0)
-  _check_positive_int('chunk_size', chunk_size)
-  if not isinstance(tsv_path, (str, os.PathLike)) or not str(tsv_path):
-    raise ValueError(f'tsv_path={tsv_path!r} must be a file path.')
-  tsv_path = os.fspath(tsv_path)
-  mesh = _resolve_mesh(devices)
-
-  start = _open_log(tsv_path, indices, labels.astype(np.int64))
-  if start:
-    logging.info('Resuming %s: %d of %d points already certified.', tsv_path, start,
-                 len(indices))
-  params = jax.device_put(params, jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec()))
-  t_begin = time.time()
-  with open(tsv_path, 'a') as log:
-    for chunk_start in range(start, len(indices), chunk_size):
-      chunk = indices[chunk_start:chunk_start + chunk_size]
-      t0 = time.time()
-      point_keys = _point_keys(key, jnp.asarray(chunk, jnp.uint32))
-      results = _certify_points(point_keys, apply_fn, params, images[chunk],
-                                num_classes=num_classes, sigma=sigma, n0=n0, n=n,
-                                alpha=alpha, batch_size=batch_size, mesh=mesh)
-      seconds = (time.time() - t0) / len(chunk)
-      for idx, result in zip(chunk, results):
-        label = int(labels[idx])
-        row = metrics.CertificationRow(int(idx), label, result.prediction, result.radius,
-                                       int(result.prediction == label), seconds)
-        log.write(metrics.format_tsv_row(row))
-      log.flush()
-      done = chunk_start + len(chunk)
-      elapsed = time.time() - t_begin
-      rate = (done - start) / max(elapsed, 1e-9)
-      logging.info('certified %d/%d points | %.2f points/s, %.0f noisy samples/s | '
-                   'about %s left', done, len(indices), rate, rate * (n0 + n),
-                   _format_seconds((len(indices) - done) / max(rate, 1e-9)))
-  return metrics.read_certification_tsv(tsv_path)
-
-
-# ------------------------------------------------------------------------------------
-# The experiment: certify a trained checkpoint on (a subset of) a split.
-
-
-def _resolve_indices(config, labels: np.ndarray) -> np.ndarray:
-  """The points to certify: an explicit file, else a seeded subset of a class (or all)."""
-  if config.get('indices_file'):
-    loaded = metrics.read_json(config.indices_file)
-    indices = np.asarray(loaded['indices'] if isinstance(loaded, dict) else loaded,
-                         np.int64)
-    return _check_indices(indices, len(labels), unique=True)
-  pool = np.arange(len(labels))
-  if config.target_class >= 0:
-    pool = np.flatnonzero(labels == config.target_class)
-    if pool.size == 0:
-      raise ValueError(f'config.target_class={config.target_class} has no points in split '
-                       f'{config.split!r}.')
-  m = config.num_points
-  if m <= 0 or m >= pool.size:
-    return pool
-  chosen = np.random.default_rng(config.subset_seed).choice(pool.size, m, replace=False)
-  return pool[np.sort(chosen)]
-
-
-# Config fields that do not change the certificates (see the module docstring), so a
-# resumed run may change them.
-_RESUMABLE_FIELDS = ('batch_size', 'chunk_size')
-
-
-def _check_same_settings_as_log(config, workdir: str) -> None:
-  """Refuses to append to a log written under different certification settings."""
-  config_path = os.path.join(workdir, 'config.json')
-  if not (os.path.exists(os.path.join(workdir, 'certify.tsv')) and
-          os.path.exists(config_path)):
-    return
-  before = metrics.read_json(config_path)
-  now = config.to_dict()
-  changed = sorted(k for k in set(before) | set(now)
-                   if k not in _RESUMABLE_FIELDS and before.get(k) != now.get(k))
-  if changed:
-    details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed)
-    raise ValueError(f'workdir={workdir!r} holds a certification log made with other '
-                     f'settings ({details}); use a new workdir or restore them.')
-
-
-def certify_split(config, workdir: str, *, trained: Any = None) -> dict[str, Any]:
-  """Certifies a trained model on (a seeded subset of) a split; the certify experiment.
-
-  Writes to ``workdir``: ``config.json`` (resolved), ``certify.tsv`` (resumable),
-  ``summary.json`` (metrics from ``rsp.metrics.summarize_certification`` plus the
-  settings and the certified ``indices``, so a second model can be certified on the same
-  points with ``config.indices_file``) and ``certified_accuracy.png``.
-
-  Args:
-    config: see ``rsp/configs/certify.py``.
-    workdir: output directory; rerunning with it resumes the TSV.
-    trained: an ``rsp.train.TrainedModel`` (fields ``apply_fn``, ``variables``,
-      ``config``, ``num_classes``); loaded from ``config.checkpoint_dir`` if None.
-
-  Returns:
-    The summary dict written to ``summary.json``.
-  """
-  # Imported here so that ``import rsp.smoothing`` needs neither the checkpointing stack
-  # nor matplotlib.
-  from rsp import data as data_lib  # pylint: disable=g-import-not-at-top
-  from rsp import plotting  # pylint: disable=g-import-not-at-top
-  from rsp import train as train_lib  # pylint: disable=g-import-not-at-top
-
-  if trained is None:
-    if not config.checkpoint_dir:
-      raise ValueError('config.checkpoint_dir is empty; set it to the workdir of '
-                       'experiments/train.py.')
-    trained = train_lib.load_trained(config.checkpoint_dir)
-  train_config = trained.config
-  sigma = config.sigma
-  if sigma <= 0:
-    sigma = train_config.get('loss', {}).get('sigma', None)
-    if sigma is None:
-      raise ValueError('config.sigma is unset (<= 0) and the model was trained without '
-                       'noise (no config.loss.sigma); set --config.sigma.')
-  sigma = float(sigma)
-  _check_certify_args(num_classes=trained.num_classes, sigma=sigma, n0=config.n0,
-                      n=config.n, alpha=config.alpha, batch_size=config.batch_size)
-  dataset = config.dataset or train_config.dataset
-  data_seed = config.data_seed if config.data_seed >= 0 else train_config.get('data_seed', 0)
-  kwargs = {'data_dir': config.data_dir} if config.get('data_dir') else {}
-  splits = data_lib.load(dataset, seed=data_seed, **kwargs)
-  if config.split not in splits:
-    raise ValueError(f'config.split={config.split!r} is not one of {sorted(splits)}.')
-  split = splits[config.split]
-  labels = np.asarray(split['label'])
-  indices = _resolve_indices(config, labels)
-
-  _check_same_settings_as_log(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  metrics.write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
-  settings = dict(checkpoint_dir=config.checkpoint_dir, dataset=dataset,
-                  data_seed=int(data_seed), split=config.split,
-                  target_class=int(config.target_class), sigma=sigma, n0=int(config.n0),
-                  n=int(config.n), alpha=float(config.alpha), seed=int(config.seed),
-                  model=train_config.get('model', ''),
-                  train_method=train_config.get('method', ''),
-                  poison_file=train_config.get('poison_file', ''))
-  logging.info('Certifying %d points of %s/%s (sigma %.3g, n0 %d, n %d, alpha %g) in %s.',
-               len(indices), dataset, config.split, sigma, config.n0, config.n,
-               config.alpha, workdir)
-  rows = certify_dataset(
-      jax.random.key(config.seed), trained.apply_fn, trained.variables, split['image'],
-      labels, indices=indices, tsv_path=os.path.join(workdir, 'certify.tsv'),
-      num_classes=trained.num_classes, sigma=sigma, n0=config.n0, n=config.n,
-      alpha=config.alpha, batch_size=config.batch_size,
-      chunk_size=config.chunk_size if config.chunk_size > 0 else None)
-  summary = metrics.summarize_certification(rows, num_classes=trained.num_classes)
-  summary.update(settings, indices=[int(i) for i in indices])
-  metrics.write_json_atomic(os.path.join(workdir, 'summary.json'), summary)
-  a = metrics.rows_to_arrays(rows)
-  label = f'{settings["train_method"] or "model"} (ACR {summary["acr"]:.3f})'
-  plotting.plot_certified_accuracy(
-      {label: (a['radius'], a['correct'])},
-      os.path.join(workdir, 'certified_accuracy.png'),
-      title=f'{dataset} {config.split}, sigma={sigma:g}, n={config.n}')
-  logging.info('ACR %.4f, certified accuracy %.4f, abstain rate %.4f over %d points.',
-               summary['acr'], summary['certified_accuracy'], summary['abstain_rate'],
-               summary['num_points'])
-  return summary

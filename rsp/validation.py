@@ -111,3 +111,23 @@ def nested(prefix: str) -> Iterator[None]:
     if renamed == message:
       renamed = f'{prefix}: {message}'
     raise ValueError(renamed) from e
+
+
+def real_number(value: Any) -> float | None:
+  """``value`` as a float if it is a real number, else None.
+
+  Real numbers are Python, NumPy and 0-d array (NumPy or JAX, e.g. ``jnp.float32(0.5)``)
+  ints and floats; bools, strings, None and arrays with elements are not.
+  """
+  if isinstance(value, (bool, np.bool_)):
+    return None
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return float(value)
+  dtype = getattr(value, 'dtype', None)
+  if getattr(value, 'ndim', None) == 0 and dtype is not None and (
+      np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+    try:
+      return float(value)
+    except TypeError:  # A traced JAX value: not a number yet.
+      return None
+  return None

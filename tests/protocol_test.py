@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from rsp import attack
+from rsp import certification
 from rsp import data
 from rsp import metrics
 from rsp import protocol
@@ -128,7 +129,7 @@ def test_rerun_redoes_nothing_and_gives_the_same_results(finished, monkeypatch):
 
   monkeypatch.setattr(train, 'train', refuse)
   monkeypatch.setattr(attack, 'pacd', refuse)
-  monkeypatch.setattr(smoothing, 'certify_dataset', refuse)
+  monkeypatch.setattr(certification, 'certify_dataset', refuse)
   cell_file = os.path.join(workdir, 'cells', results['rows'][1]['cell'], 'result.json')
   mtime = os.path.getmtime(cell_file)
   again = protocol.run_protocol(tiny_config(), workdir)

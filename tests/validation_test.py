@@ -3,6 +3,8 @@
 Deterministic: no randomness.
 """
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -84,3 +86,24 @@ def test_names_choices_and_distinct_ints():
   for bad in ((0, 0), (), (-1,), ('a',)):
     with pytest.raises(ValueError, match='config.seeds'):
       validation.distinct_ints('config.seeds', bad)
+
+
+@pytest.mark.parametrize('value,expected', [
+    (0.5, 0.5), (3, 3.0), (np.float32(0.25), 0.25), (np.int64(2), 2.0),
+    (np.asarray(0.5), 0.5), (jnp.float32(0.5), 0.5), (jnp.asarray(7), 7.0),
+])
+def test_real_number_accepts_numbers_and_0d_arrays(value, expected):
+  result = validation.real_number(value)
+  assert isinstance(result, float) and result == expected
+
+
+@pytest.mark.parametrize('value', [True, np.bool_(False), '0.5', None, [0.5],
+                                   np.zeros(2), jnp.zeros(1), jnp.asarray(True)])
+def test_real_number_refuses_the_rest(value):
+  assert validation.real_number(value) is None
+
+
+def test_real_number_of_a_traced_value_is_none():
+  seen = []
+  jax.jit(lambda x: seen.append(validation.real_number(x)) or x)(1.0)
+  assert seen == [None]

@@ -19,7 +19,13 @@ Command::
         --workdir=/tmp/rsp/certify_mnist_gaussian
 
 Certify a second model on exactly the same points (and the same noise draws) with
-``--config.indices_file=/tmp/rsp/certify_mnist_gaussian/summary.json``.
+``--config.indices_file=/tmp/rsp/certify_mnist_gaussian/summary.json``; certify every
+class with ``--config.target_class=-1`` (None or 'all' from Python).
+
+Rerunning with the same ``--workdir`` resumes the log. A changed setting (other than
+``batch_size``, ``chunk_size`` and the paths) or a changed model, for instance after the
+training run went on to more epochs, is refused with the fields that differ
+(``rsp.certification``).
 """
 
 import ml_collections
