@@ -89,7 +89,7 @@ def parse_tsv_row(line: str) -> CertificationRow:
 
 
 def read_certification_tsv(path: str) -> list[CertificationRow]:
-  """Reads a certification log written by ``rsp.smoothing.certify_dataset`` or Cohen's
+  """Reads a certification log written by ``rsp.certification.certify_dataset`` or Cohen's
   ``certify.py``.
 
   A last line without a newline (a run killed while writing) is ignored.

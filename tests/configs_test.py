@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 from rsp import attack
+from rsp import certification
 from rsp import protocol
 from rsp import robust_training
 from rsp import smoothing
@@ -52,11 +53,7 @@ def _validate(name: str, config: ml_collections.ConfigDict) -> None:
   elif name.startswith('protocol'):
     protocol.validate_config(config)  # Also checks every nested victim and attack.
   else:
-    # rsp.smoothing.certify_split's check of the certification settings; a sigma <= 0
-    # means the model's training sigma, here Gaussian augmentation's 0.5.
-    smoothing._check_certify_args(  # pylint: disable=protected-access
-        num_classes=10, sigma=config.sigma if config.sigma > 0 else 0.5, n0=config.n0,
-        n=config.n, alpha=config.alpha, batch_size=config.batch_size)
+    certification.validate_config(config)
 
 
 def test_every_config_file_is_listed():
