@@ -165,13 +165,17 @@ def _tree_isfinite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
-  """A jitted PACD outer step for ``config`` (see ``attack_config_fields``).
+def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
+                    return_hypergrad: bool = False):
+  """A jitted PACD outer step for ``config`` (fields: ``rsp.configs.poison_common``).
 
   ``step(carry, clean_x, clean_y, poisons, clean_of_poisons, moments, val_x, val_y,
   adv_eps, key) -> (carry, poisons, moments, metrics)``, where ``carry`` holds the
   surrogate (params, state, inner optimiser state) and the solver's warm start, and
   ``moments`` the poisons' optimiser state for this batch (first, second moment, count).
+  ``metrics`` are scalars; with ``return_hypergrad=True`` they also hold the batch's
+  hypergradient dF/du under ``'hypergrad'`` (``[B_p, H, W, C]``; zeros if the step was
+  not finite), the direction the poisons' optimiser was given.
   """
   a = config.attack
   method = a.method
@@ -271,6 +275,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn):
         'hypergrad_norm': jnp.sqrt(jnp.sum(grad_u ** 2)), 'solver_residual': residual,
         'finite': finite,
     }
+    if return_hypergrad:
+      metrics['hypergrad'] = grad_u
     return ((params, state, opt_state, solution, solver_state), new_poisons, (m, v, count),
             metrics)
 

@@ -1,22 +1,31 @@
-"""Tests of rsp.attack (PACD): objectives against closed forms, constraints, resume, NaN.
+"""Tests of rsp.attack (PACD): objectives against closed forms, constraints, resume, NaN,
+and the outer step against ground truth: descent, rsp.bilevel's hypergradients, Adam.
 
-All tests are deterministic (fixed keys and seeds): none can fail spuriously.
+All tests are deterministic (fixed keys and seeds). Tolerances come from the float32
+numerics; each docstring says what ground truth the test checks and why rounding cannot
+(or, where the bound is a margin rather than a worst case, will not) fail it.
 """
 
+import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
 from rsp import attack
+from rsp import bilevel
 from rsp import data
+from rsp import models
 from rsp.configs import poison_cifar10
 from rsp.configs import poison_mnist
 
 jax.config.update('jax_disable_most_optimizations', True)
+
+F32_EPS = float(np.finfo(np.float32).eps)  # 2^-23: relative spacing of float32 numbers.
 
 
 @pytest.fixture(scope='module')
@@ -32,20 +41,31 @@ def _tiny(which='gaussian', **attack_overrides):
 
 
 def test_project_linf_is_a_projection():
+  """Deterministic. In float32, ``clean + delta`` and ``out - clean`` each round by at most
+  half a unit in the last place of a number below 1 (2^-25) and float32(0.1) exceeds 0.1
+  by 1.5e-9, so the budget, idempotence and identity inside the ball hold to eps / 2."""
   key = jax.random.key(0)
   clean = jax.random.uniform(key, (5, 4, 4, 1))
   poisons = clean + 0.5 * jax.random.normal(jax.random.key(1), clean.shape)
   out = attack.project_linf(poisons, clean, 0.1)
-  assert float(jnp.max(jnp.abs(out - clean))) <= 0.1 + 1e-7
+  assert float(jnp.max(jnp.abs(out - clean))) <= 0.1 + F32_EPS / 2
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-  np.testing.assert_allclose(attack.project_linf(out, clean, 0.1), out)  # idempotent
+  np.testing.assert_allclose(attack.project_linf(out, clean, 0.1), out, rtol=0,
+                             atol=F32_EPS / 2)  # idempotent
   inside = jnp.clip(clean + 0.05, 0, 1)
-  np.testing.assert_allclose(attack.project_linf(inside, clean, 0.1), inside)
+  np.testing.assert_allclose(attack.project_linf(inside, clean, 0.1), inside, rtol=0,
+                             atol=F32_EPS / 2)
 
 
 def test_outer_objective_matches_closed_form():
   """With a classifier whose logits ignore the noise, p = softmax(beta z) exactly, so F is
-  sigma/2 * mean(1[correct] (Phi^-1((1-2a)p1+a) - Phi^-1((1-2a)p2+a))) (scipy)."""
+  sigma/2 * mean(1[correct] (Phi^-1((1-2a)p1+a) - Phi^-1((1-2a)p2+a))) (scipy).
+
+  Deterministic. Tolerance: float32 computes each squashed probability q with a relative
+  error of at most (K + 13) eps (beta z, softmax's shift, exp, sum and divide, the mean over
+  the noise copies, the squash), which Phi^-1 multiplies by 1 / phi(Phi^-1(q)) (297 at
+  q = 0.999: the steep ends dominate); ndtri itself is allowed 8 eps of its value.
+  A worst-case bound (8e-5 relative; 6e-7 was seen): rounding cannot fail the test."""
   logits = np.array([[3.0, 1.0, 0.0], [0.1, 0.3, 0.2], [2.0, 0.0, 1.9], [0.0, 0.0, 5.0]],
                     np.float32)
   labels = np.array([0, 1, 2, 2])
@@ -67,7 +87,13 @@ def test_outer_objective_matches_closed_form():
   correct = p.argmax(1) == labels
   expected = np.sum(np.where(correct, sigma / 2 * gap, 0.0)) / 4
   assert correct.tolist() == [True, True, False, True]
-  np.testing.assert_allclose(float(f), expected, rtol=1e-5)
+  squashed = (1 - 2 * alpha) * top[:, :2] + alpha
+  quantile = stats.norm.ppf(squashed)
+  num_classes = logits.shape[1]
+  ppf_error = ((num_classes + 13) * F32_EPS * squashed / stats.norm.pdf(quantile)
+               + 8 * F32_EPS * np.abs(quantile))
+  bound = np.sum(np.where(correct, sigma / 2 * ppf_error.sum(1), 0.0)) / 4
+  assert abs(float(f) - expected) <= bound
 
 
 def test_smoothadv_cycle_epsilon_follows_the_reference():
@@ -177,3 +203,248 @@ def test_cifar10_paper_config_runs_on_mock_data(tmp_path):
   result = attack.pacd(c, splits, str(tmp_path))
   loaded = data.load_poisons(result.path, train=splits['train'])
   assert np.abs(loaded['poisons'] - loaded['clean_images']).max() <= 0.03 + 1e-6
+
+
+# ------------------------------------------------------------------------------------
+# The outer step against ground truth: descent, rsp.bilevel's hypergradients, Adam.
+
+_STEPS = {}
+
+
+def _surrogate(config):
+  model = models.get_model(config.model, 10, **dict(config.model_kwargs))
+  return model, models.make_train_apply_fn(model)
+
+
+def _step(mode, lr_u):
+  """``(config, (step, inner_tx))``: the tiny config's outer step returning its
+  hypergradient, compiled once per ``(mode, lr_u)`` in this module."""
+  if (mode, lr_u) not in _STEPS:
+    config = _tiny(mode=mode, lr_u=lr_u)
+    _STEPS[mode, lr_u] = config, attack.make_outer_step(
+        config, _surrogate(config)[1], return_hypergrad=True)
+  return _STEPS[mode, lr_u]
+
+
+@pytest.fixture(scope='module')
+def step_batch(splits):
+  """A fresh tiny surrogate (MLP 784-32-10) and one outer step's batch: 16 clean
+  non-target points, 4 target-class training images (the poisons, still clean) and 4
+  target-class validation points."""
+  model, _ = _surrogate(_tiny())
+  params, state = models.split_variables(models.init_model(jax.random.key(0), model,
+                                                           (28, 28, 1)))
+  clean = data.remove_class(splits['train'], 8)
+  target = data.select_class(splits['train'], 8)
+  val = data.select_class(splits['val'], 8)
+  return dict(params=params, state=state, clean_x=clean['image'][:16],
+              clean_y=clean['label'][:16], poisons=target['image'][:4],
+              val_x=val['image'][:4], val_y=val['label'][:4])
+
+
+def _run_step(mode, lr_u, b, poisons, key):
+  """One outer step from the fresh surrogate (started as ``attack.pacd`` starts it)."""
+  config, (step, inner_tx) = _step(mode, lr_u)
+  params = b['params']
+  carry = (params, b['state'], inner_tx.init(params), jax.tree.map(jnp.zeros_like, params),
+           optax.adam(config.attack.lr_p).init(params))
+  moments = (np.zeros_like(poisons), np.zeros_like(poisons),
+             np.zeros(len(poisons), np.int32))
+  return step(carry, b['clean_x'], b['clean_y'], poisons, b['poisons'], moments,
+              b['val_x'], b['val_y'], jnp.float32(0.0), key)
+
+
+def _rel_err(a, b):
+  a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_one_unrolled_step_lowers_the_outer_objective(step_batch):
+  """Ground truth: in 'unrolled' mode the hypergradient g is the exact gradient of
+  F(u) = outer(w_T(u)) with every key fixed, so a small step lowers F, by about
+  <g, u_1 - u_0> (first order). F before and after is reported by the same step with the
+  same key and surrogate, so the comparison is deterministic.
+
+  lr_u = 1e-4 (Adam's first step is about lr_u sign(g) per pixel) lowers F by 5e-4 of
+  its 0.15, far above F's float32 rounding (about 1e-7); the second-order term is 17% of
+  the first. Rounding cannot fail the test.
+  """
+  b = step_batch
+  key = jax.random.key(3)
+  _, moved, _, before = _run_step('unrolled', 1e-4, b, b['poisons'], key)
+  _, _, _, after = _run_step('unrolled', 1e-4, b, moved, key)
+  f0, f1 = float(before['outer_objective']), float(after['outer_objective'])
+  predicted = float(jnp.vdot(before['hypergrad'], moved - b['poisons']))
+  assert f0 > 0 and predicted < 0  # Not vacuous: some 8s are classified and u moves.
+  assert f1 < f0
+  assert 0.5 < (f1 - f0) / predicted < 1.5
+
+
+def _reference_hypergrad(config, apply_fn, inner_tx, b, key):
+  """The hypergradient by ``rsp.bilevel`` called directly, on the batch and the keys of
+  one outer step (which splits its key into aug, adv, inner, hyper, outer, val streams)
+  from the fresh surrogate, with the step's inner optimiser ``inner_tx``; the solver's
+  loops rolled (the step unrolls them)."""
+  a = config.attack
+  loss = attack.inner_loss_fn(a.method, a.inner)
+  _, _, k_inner, _, k_outer, _ = jax.random.split(key, 6)
+
+  def inner_fn(w, u, state, step=0):
+    batch = attack.inner_batch(b['clean_x'], b['clean_y'], u, config.target_class)
+    value, (new_state, _) = loss(w, state, batch, jax.random.fold_in(k_inner, step),
+                                 apply_fn=apply_fn)
+    return value, new_state
+
+  def outer_fn(w, u, state):
+    del u
+    return attack.outer_objective(w, state, b['val_x'], b['val_y'], k_outer,
+                                  apply_fn=apply_fn, sigma=a.sigma,
+                                  num_noise=a.outer_num_noise, beta=a.beta, alpha=a.alpha)
+
+  params, state, u = b['params'], b['state'], jnp.asarray(b['poisons'])
+  opt_state = inner_tx.init(params)
+  if a.mode == 'unrolled':
+    return bilevel.unrolled_hypergrad(outer_fn, inner_fn, params, u,
+                                      num_steps=a.inner_steps, optimizer=inner_tx,
+                                      opt_state=opt_state, has_aux=True, state=state,
+                                      pass_step=True)
+  for i in range(a.inner_steps):  # Inner Adam steps, then the implicit function theorem.
+    grads, new_state = jax.grad(inner_fn, has_aux=True)(params, u, state, i)
+    updates, opt_state = inner_tx.update(grads, opt_state, params)
+    params, state = optax.apply_updates(params, updates), new_state
+  return bilevel.implicit_hypergrad(
+      outer_fn, lambda w, v, st: inner_fn(w, v, st, a.inner_steps), params, u,
+      method=a.solver, damping=a.damping, maxiter=a.solver_steps, learning_rate=a.lr_p,
+      init=jax.tree.map(jnp.zeros_like, params),
+      solver_state=optax.adam(a.lr_p).init(params), has_aux=True, state=state)
+
+
+@pytest.mark.parametrize('mode', ['implicit', 'unrolled'])
+def test_step_hypergradient_is_rsp_bilevel_on_the_same_batch(mode, step_batch):
+  """Ground truth: ``rsp.bilevel.implicit_hypergrad`` (the paper's mode: inner Adam
+  steps, then ApproxGrad) or ``unrolled_hypergrad``, called directly on the step's batch,
+  keys and surrogate; rsp.bilevel itself is checked against closed forms and finite
+  differences in tests/bilevel_test.py.
+
+  Deterministic. Both sides run the same operations as two XLA programs, so they agree
+  to float32 rounding, which Adam's division by a gradient's size can amplify where that
+  gradient is within rounding of 0: relative errors of 0 to 1e-7 were seen. 1e-4 (800
+  eps) leaves a thousand times that, while a wiring error (another key, batch, step
+  index, warm start) is of order 1: the reference with another key is off by over 0.1.
+  """
+  lr_u = 1e-3 if mode == 'implicit' else 1e-4  # Shares the other tests' compiled steps.
+  config, (_, inner_tx) = _step(mode, lr_u)
+  _, _, _, metrics = _run_step(mode, lr_u, step_batch, step_batch['poisons'],
+                               jax.random.key(3))
+  reference = jax.jit(functools.partial(_reference_hypergrad, config,
+                                        _surrogate(config)[1], inner_tx, step_batch))
+  assert float(jnp.max(jnp.abs(metrics['hypergrad']))) > 0
+  assert _rel_err(metrics['hypergrad'], reference(jax.random.key(3))) < 1e-4
+  assert _rel_err(metrics['hypergrad'], reference(jax.random.key(4))) > 0.1
+
+
+B1, B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults, the attack's constants.
+
+
+def _adam_rounding(m_abs, v, t, lr):
+  """A bound on the float32 rounding of Adam's t-th update, elementwise (first order).
+
+  ``m_abs`` is the first moment of |g| and ``v`` the second (float64). Relative to
+  lr (m_abs / c1) / (sqrt(v / c2) + eps_adam), c = 1 - beta^t: the moments round 2 t
+  times (a product and a sum per step), sqrt halves the second's t; beta^t rounds by up
+  to 2 eps, which 1 - beta^t magnifies by beta^t / c (999 for beta2 at t = 1: the bias
+  corrections dominate); the divisions, sqrt, the sum with eps_adam and the product with
+  lr add about 3 eps.
+  """
+  c1, c2 = 1 - B1 ** t, 1 - B2 ** t
+  ratio = (m_abs / c1) / (np.sqrt(v / c2) + ADAM_EPS)
+  ops = 3 * t + 3 + 2 * B1 ** t / c1 + B2 ** t / c2
+  return lr * F32_EPS * ops * ratio
+
+
+def test_per_poison_adam_is_optax_adam_on_each_poison_alone(splits, tmp_path,
+                                                           monkeypatch):
+  """Ground truth: ``optax.adam(lr_u)`` run on each poison alone, fed the hypergradients
+  that poison received, then projected. ``attack.pacd`` draws 4 of 6 poisons per step
+  for 9 steps (every poison skips some steps and takes several), and re-initialises every
+  moment before step 6 (every 2 epochs of 3 steps); each poison's trajectory, step by
+  step, and the poison file must follow its own optax Adam.
+
+  Deterministic. Both sides are float32: each differs from exact Adam by at most the
+  accumulated :func:`_adam_rounding` of its updates plus eps per update for the poison's
+  sum and projection (three roundings of numbers below 1), so they differ by at most
+  twice that, a worst case that rounding cannot exceed: about 2e-7 per update, while
+  moments shared between poisons or a wrong count change an update by a sizeable part
+  of lr_u = 1e-3.
+  """
+  lr_u, eps = 1e-3, 0.1
+  step, inner_tx = _step('implicit', lr_u)[1]
+  config = _tiny(mode='implicit', lr_u=lr_u)  # The step's setting; a shorter loop.
+  config.attack.num_epochs, config.attack.steps_per_epoch = 3, 3
+  config.attack.reinit_every_epochs = 2
+  train, val = splits['train'], splits['val']
+  keep = np.concatenate([np.flatnonzero(train['label'] != 8)[:48],
+                         np.flatnonzero(train['label'] == 8)[:6]])
+  small = {'train': data.subset(train, keep),
+           'val': data.subset(val, np.flatnonzero(val['label'] == 8)[:4])}
+  calls = []
+
+  def recording_step(carry, clean_x, clean_y, poisons, clean_of_poisons, *rest):
+    carry, new_poisons, moments, metrics = step(carry, clean_x, clean_y, poisons,
+                                                clean_of_poisons, *rest)
+    metrics = dict(metrics)
+    calls.append([np.asarray(x) for x in (clean_of_poisons, poisons,
+                                          metrics.pop('hypergrad'), new_poisons)])
+    assert bool(metrics['finite'])
+    return carry, new_poisons, moments, metrics
+
+  monkeypatch.setattr(attack, '_cached_outer_step', lambda *_: (recording_step, inner_tx))
+  result = attack.pacd(config, small, str(tmp_path))
+  assert len(calls) == 9
+
+  clean = result.clean_images
+  row_of = {x.tobytes(): j for j, x in enumerate(clean)}
+  tx = optax.adam(lr_u)
+  latest = clean.copy()     # Each poison as the attack last returned it.
+  reference = clean.copy()  # Each poison under its own optax Adam.
+  error = np.zeros(clean.shape)  # A bound on either side's rounding.
+  times = np.zeros(len(clean), int)
+  for k, (clean_rows, poisons_in, grads, poisons_out) in enumerate(calls):
+    if k % 6 == 0:  # Every moment re-initialised: a fresh optimiser for every poison.
+      states = [tx.init(jnp.asarray(x)) for x in clean]
+      m_abs, v = np.zeros(clean.shape), np.zeros(clean.shape)
+      counts = np.zeros(len(clean), int)
+    for r, j in enumerate(row_of[x.tobytes()] for x in clean_rows):
+      np.testing.assert_array_equal(poisons_in[r], latest[j])  # A copy, no arithmetic.
+      updates, states[j] = tx.update(jnp.asarray(grads[r]), states[j])
+      moved = reference[j] + np.asarray(updates)
+      reference[j] = np.clip(clean[j] + np.clip(moved - clean[j], -eps, eps), 0, 1)
+      g = grads[r].astype(np.float64)
+      m_abs[j] = B1 * m_abs[j] + (1 - B1) * np.abs(g)
+      v[j] = B2 * v[j] + (1 - B2) * g ** 2
+      counts[j] += 1
+      times[j] += 1
+      error[j] += _adam_rounding(m_abs[j], v[j], counts[j], lr_u) + F32_EPS
+      assert np.all(np.abs(poisons_out[r] - reference[j]) <= 2 * error[j])
+      latest[j] = poisons_out[r]
+  np.testing.assert_array_equal(result.poisons, latest)  # Saved and loaded exactly.
+  assert np.all(times >= 2) and np.all(times < 9)
+  # Not vacuous: every poison took real steps, far above the rounding allowed.
+  assert np.all(np.abs(result.poisons - clean).max(axis=(1, 2, 3)) > 0.5 * lr_u)
+  assert 2 * error.max() < 0.01 * lr_u
+
+
+def test_outer_step_compiles_once_per_setting(splits, tmp_path):
+  """Attacks with one setting (here another seed and length) share one compiled step,
+  counted by the jitted step's own cache; another setting gets its own step."""
+  # pylint: disable=protected-access
+  config = _tiny()
+  model, apply_fn = _surrogate(config)
+  step, _ = attack._cached_outer_step(config, model, apply_fn)
+  attack.pacd(config, splits, str(tmp_path / 'first'))
+  other = _tiny()
+  other.seed, other.attack.num_epochs = 1, 1
+  attack.pacd(other, splits, str(tmp_path / 'second'))
+  assert attack._cached_outer_step(other, model, apply_fn)[0] is step
+  assert step._cache_size() == 1
+  assert attack._cached_outer_step(_tiny(lr_u=0.05), model, apply_fn)[0] is not step

@@ -6,6 +6,10 @@ means a bug or a numerical regression, never bad luck. The reference numbers are
   * central finite differences in float64 (``jax.enable_x64``) of the true bilevel map
     u -> outer(w*(u)) for a small tanh MLP, w* found by damped Newton steps;
   * central finite differences and an explicit Python loop for the unrolled map.
+Tolerances come from the numerics: float32 comparisons of different XLA programs allow
+the rounding of the operations involved (eps = 2^-23 per operation, times the magnitude
+of what is summed); the finite-difference checks allow their error budget (truncation,
+float64 rounding, inexact inner minima), computed from the numbers of each run.
 The problems are tiny; compiling dominates (about 45 s of CPU time in all).
 """
 
@@ -22,6 +26,9 @@ from rsp import bilevel
 
 # Compiling dominates these tests; XLA's optimisations buy nothing at these sizes.
 jax.config.update('jax_disable_most_optimizations', True)
+
+F32_EPS = float(np.finfo(np.float32).eps)  # 2^-23: relative spacing of float32 numbers.
+F64_EPS = float(np.finfo(np.float64).eps)  # 2^-52.
 
 
 def flat(tree):
@@ -40,6 +47,24 @@ def rel_err(a, b):
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
+def central_difference(value, h):
+  """The central difference of ``s -> value(s)[0]`` at 0 and a bound on its error.
+
+  ``value(s)`` returns ``(f(s), err(s))``, ``err(s)`` a bound on the absolute error of the
+  computed ``f(s)`` (rounding, an inexact inner minimum). The bound on the error of
+  ``fd(h) = (f(h) - f(-h)) / 2h`` is the propagated value error ``(err(h) + err(-h)) / 2h``
+  plus the truncation error: ``fd(h) = f'(0) + c h^2 + O(h^4)``, so
+  ``c h^2 = (fd(2h) - fd(h)) / 3 + O(h^4)`` (Richardson), counted twice to cover the
+  O(h^4) rest and the value errors that the estimate itself carries.
+  """
+  (f_plus, err_plus), (f_minus, err_minus) = value(h), value(-h)
+  (f_plus2, _), (f_minus2, _) = value(2 * h), value(-2 * h)
+  fd = (f_plus - f_minus) / (2 * h)
+  fd2 = (f_plus2 - f_minus2) / (4 * h)
+  truncation = 2 * abs(fd2 - fd) / 3
+  return fd, truncation + (err_plus + err_minus) / (2 * h)
+
+
 # ----------------------------------------------------------------------------------------
 # Ridge regression: inner 0.5 ||X w - y||^2 + 0.5 lam ||w||^2, outer 0.5 ||Xv w - yv||^2,
 # u = {'X': X, 'y': y} (the training set is the poison), w*(u) = (X'X + lam I)^-1 X'y.
@@ -47,12 +72,15 @@ def rel_err(a, b):
 LAM = 1.0
 
 
-def ridge_problem(dtype=jnp.float32):
+def ridge_data(dtype=jnp.float32):
+  """Training inputs and targets, validation inputs and targets of the ridge problem."""
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(40, 5)), dtype)
-  y = jnp.asarray(rng.normal(size=40), dtype)
-  x_val = jnp.asarray(rng.normal(size=(20, 5)), dtype)
-  y_val = jnp.asarray(rng.normal(size=20), dtype)
+  return tuple(jnp.asarray(rng.normal(size=shape), dtype)
+               for shape in ((40, 5), (40,), (20, 5), (20,)))
+
+
+def ridge_problem(dtype=jnp.float32):
+  x, y, x_val, y_val = ridge_data(dtype)
 
   def inner(w, u):
     return 0.5 * jnp.sum((u['X'] @ w - u['y']) ** 2) + 0.5 * LAM * jnp.sum(w ** 2)
@@ -71,14 +99,29 @@ def ridge_problem(dtype=jnp.float32):
 
 
 def test_cg_matches_closed_form_ridge():
-  """Deterministic. CG converges in 5 iterations on this 5-d problem (damping 0)."""
+  """Deterministic. CG converges in 5 iterations on this 5-d problem (damping 0).
+
+  ``aux.value`` (inside the jitted hypergradient) and ``outer(w, u)`` (eager) are the same
+  sum of squares computed by two XLA programs: each residual r_i = x_i.w - y_i rounds up
+  to (d + 1) times relative to s_i = sum_j |x_ij w_j| + |y_i|, and the sum of n squares n
+  times more, so each differs from the exact value by at most
+  eps ((d + 2) sum_i |r_i| s_i + (n + 2) F) (first order in eps; a worst case, so a
+  spurious failure is impossible).
+  """
   inner, outer, w, u, exact = ridge_problem()
   grad, aux = jitted(bilevel.implicit_hypergrad, outer, inner, w, u, method='cg',
                      damping=0.0, maxiter=20, tol=1e-7, return_aux=True)
   assert jax.tree.structure(grad) == jax.tree.structure(u)
   assert rel_err(grad, exact) < 1e-4
   assert float(aux.residual) < 1e-4
-  np.testing.assert_allclose(aux.value, outer(w, u), rtol=1e-6)
+  _, _, x_val, y_val = (np.asarray(a, np.float64) for a in ridge_data())
+  w64 = np.asarray(w, np.float64)
+  residuals = x_val @ w64 - y_val
+  scale = np.abs(x_val) @ np.abs(w64) + np.abs(y_val)
+  n, d = x_val.shape
+  bound = F32_EPS * ((d + 2) * np.sum(np.abs(residuals) * scale)
+                     + (n + 2) * 0.5 * np.sum(residuals ** 2))
+  assert abs(float(aux.value) - float(outer(w, u))) <= 2 * bound
 
 
 def test_cg_damping_is_exact_ridge():
@@ -219,9 +262,18 @@ def mlp_problem(dtype):
 def make_newton_minimise(inner, params):
   """A minimiser of inner(., u) by Levenberg-Marquardt-damped Newton steps (float64).
 
-  A step (H + mu I)^-1 g is taken only if it lowers the loss; mu shrinks after a success
-  and grows after a failure, so far from the minimum this is gradient descent and near it
-  Newton's method with quadratic convergence. The model is tiny: the Hessian is dense.
+  A step (H + mu I)^-1 g is taken if it lowers the loss, or if it lowers the gradient norm
+  without raising the loss beyond its rounding (4 eps |loss|): near the minimum a step
+  lowers the loss by about g' H^-1 g / 2, below the loss's float64 rounding once |g| is
+  about 1e-9 here, and a comparison of rounded losses would reject good steps at random.
+  mu shrinks after a step and grows after a refusal, so far from the minimum this is
+  gradient descent and near it Newton's method, which converges quadratically down to the
+  rounding floor of the gradient. The model is tiny: the Hessian is dense.
+
+  ``minimise(start, u, num_steps)`` returns ``(w, grad_norm, eigenvalues, floor)``: the
+  minimiser, the norm of the gradient there, the Hessian's eigenvalues and
+  ``floor = eps ||H||_2 ||w||``, the change of the gradient when w moves by its own
+  rounding: no float64 iterate can be trusted to a smaller gradient norm.
   """
   _, unravel = ravel_pytree(params)
   flat_loss = lambda z, u: inner(unravel(z), u)
@@ -230,23 +282,41 @@ def make_newton_minimise(inner, params):
 
   def minimise(start, u, num_steps):
     vec = ravel_pytree(start)[0]
-    mu, current = 1e-3, loss(vec, u)
+    mu, current, grad_norm = 1e-3, loss(vec, u), jnp.linalg.norm(grad(vec, u))
     for _ in range(num_steps):
       candidate = vec - jnp.linalg.solve(hess(vec, u) + mu * jnp.eye(vec.size), grad(vec, u))
-      if loss(candidate, u) <= current:
-        vec, current, mu = candidate, loss(candidate, u), mu / 10
+      value, candidate_norm = loss(candidate, u), jnp.linalg.norm(grad(candidate, u))
+      if value < current or (value <= current + 4 * F64_EPS * abs(current)
+                             and candidate_norm < grad_norm):
+        vec, current, grad_norm, mu = candidate, value, candidate_norm, mu / 10
       else:
         mu *= 10
-    return (unravel(vec), float(jnp.linalg.norm(grad(vec, u))),
-            jnp.linalg.eigvalsh(hess(vec, u)))
+    hessian = hess(vec, u)
+    floor = F64_EPS * float(jnp.linalg.norm(hessian, 2) * jnp.linalg.norm(vec))
+    return unravel(vec), float(grad_norm), jnp.linalg.eigvalsh(hessian), floor
 
   return minimise
 
 
+# Newton's gradient norm at the minimum: the rounding floor times an operation count. The
+# computed gradient sums 20 per-example terms through a 2-layer network (a few tens of
+# roundings of terms of the size of ||H|| ||w|| here); 64 covers that.
+NEWTON_FLOOR_FACTOR = 64
+
+
 def test_implicit_matches_finite_differences_mlp():
   """Deterministic (float64). The directional derivative of u -> outer(w*(u)) by central
-  differences (h = 1e-4, truncation error ~1e-8 relative; w* re-solved by damped Newton to
-  a gradient norm below 1e-12) against 'cg' to 1e-6 relative."""
+  differences (h = 1e-4; w* re-solved by damped Newton to its float64 rounding floor)
+  against 'cg'.
+
+  The tolerance is the error budget of both sides, computed from this run's numbers:
+  the finite difference's truncation (Richardson estimate, about 7e-8 relative, most of
+  the budget), the inexact inner minima (a gradient r at w moves F by at most
+  |f_w| r / lambda_min), the float64 rounding of F (allowed 16 eps |F|, under 1% of the
+  budget), and the implicit side's inexact solve (about cond(H) times the CG residual,
+  negligible). The truncation is a smooth h^2 term, not rounding, and its estimate is
+  doubled: no rounding can fail the test.
+  """
   with jax.enable_x64(True):
     inner, outer, params, u = mlp_problem(jnp.float64)
     # Gradient descent to the basin, then Newton to machine precision.
@@ -257,25 +327,29 @@ def test_implicit_matches_finite_differences_mlp():
       updates, state = step(params, state)
       params = optax.apply_updates(params, updates)
     newton_minimise = make_newton_minimise(inner, params)
-    w, grad_norm, eigs = newton_minimise(params, u, num_steps=20)
-    assert grad_norm < 1e-12
+    w, grad_norm, eigs, floor = newton_minimise(params, u, num_steps=20)
+    assert grad_norm < NEWTON_FLOOR_FACTOR * floor
     assert float(eigs[0]) > 1e-3  # a strict minimum: the implicit function theorem holds
 
-    grad = jitted(bilevel.implicit_hypergrad, outer, inner, w, u, method='cg', damping=0.0,
-                  maxiter=200, tol=1e-12)
+    grad, aux = jitted(bilevel.implicit_hypergrad, outer, inner, w, u, method='cg',
+                       damping=0.0, maxiter=200, tol=1e-12, return_aux=True)
     direction = jax.tree.map(
         lambda x: jnp.asarray(np.random.default_rng(2).normal(size=x.shape)), u)
-    h = 1e-4
+    outer_grad = jax.jit(jax.grad(outer))
 
-    def bilevel_value(v):
-      w_v, grad_norm_v, _ = newton_minimise(w, v, num_steps=10)
-      assert grad_norm_v < 1e-12
-      return float(outer(w_v, v))
+    def bilevel_value(s):
+      v = jax.tree.map(lambda x, d: x + s * d, u, direction)
+      w_v, grad_norm_v, eigs_v, floor_v = newton_minimise(w, v, num_steps=10)
+      assert grad_norm_v < NEWTON_FLOOR_FACTOR * floor_v
+      value = float(outer(w_v, v))
+      f_w = float(jnp.linalg.norm(flat(outer_grad(w_v, v))))
+      return value, f_w * grad_norm_v / float(eigs_v[0]) + 16 * F64_EPS * abs(value)
 
-    shifted = lambda s: jax.tree.map(lambda x, d: x + s * d, u, direction)
-    fd = (bilevel_value(shifted(h)) - bilevel_value(shifted(-h))) / (2 * h)
+    fd, fd_error = central_difference(bilevel_value, 1e-4)
     analytic = float(jnp.vdot(flat(grad), flat(direction)))
-    assert abs(fd - analytic) < 1e-6 * abs(fd)
+    solve_error = float(eigs[-1] / eigs[0]) * float(aux.residual) * abs(analytic)
+    assert abs(fd - analytic) <= fd_error + solve_error
+    assert fd_error + solve_error < 1e-6 * abs(fd)  # the check is sharp
 
 
 # ----------------------------------------------------------------------------------------
@@ -337,7 +411,13 @@ def test_unrolled_matches_python_loop_with_state_and_steps():
 
 def test_unrolled_matches_finite_differences():
   """Deterministic (float64). Central differences (h = 1e-5) of the unrolled map itself,
-  Adam with eps_root, noise by step and a state the outer loss reads; 1e-6 relative."""
+  Adam with eps_root, noise by step and a state the outer loss reads.
+
+  The tolerance is the finite difference's error budget: its truncation (Richardson
+  estimate; about 9e-7 relative, Adam's normalisation curves the map) and the float64
+  rounding of each value, allowed 64 eps |F| (5 unrolled Adam steps of a tiny MLP; about
+  1 eps |F| was seen). No rounding can fail the test.
+  """
   with jax.enable_x64(True):
     inner, outer, params, u, state = stateful_problem(jnp.float64)
     optimizer = optax.adam(5e-2, eps_root=1e-8)
@@ -345,17 +425,18 @@ def test_unrolled_matches_finite_differences():
     hypergrad = jax.jit(functools.partial(
         bilevel.unrolled_hypergrad, outer, inner, return_aux=True, **kw))
     grad, _ = hypergrad(params, u)
-
-    def unrolled_value(v):
-      return float(hypergrad(params, v)[1].value)
-
     direction = jax.tree.map(
         lambda x: jnp.asarray(np.random.default_rng(3).normal(size=x.shape)), u)
-    h = 1e-5
-    shifted = lambda s: jax.tree.map(lambda x, d: x + s * d, u, direction)
-    fd = (unrolled_value(shifted(h)) - unrolled_value(shifted(-h))) / (2 * h)
+
+    def unrolled_value(s):
+      value = float(hypergrad(params, jax.tree.map(lambda x, d: x + s * d, u,
+                                                   direction))[1].value)
+      return value, 64 * F64_EPS * abs(value)
+
+    fd, fd_error = central_difference(unrolled_value, 1e-5)
     analytic = float(jnp.vdot(flat(grad), flat(direction)))
-    assert abs(fd - analytic) < 1e-6 * abs(fd)
+    assert abs(fd - analytic) <= fd_error
+    assert fd_error < 1e-5 * abs(fd)  # the check is sharp
 
 
 def test_adam_without_eps_root_gives_nan():

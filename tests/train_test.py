@@ -580,9 +580,16 @@ def test_four_devices_and_the_script(tiny_run, four_device_run):
   assert 'checkpoint_manager.py' not in stderr
   summary = workdir_lib.read_json(os.path.join(workdir, 'summary.json'))
   assert len(summary['devices']) == 4 and summary['steps'] == 8
-  ours, theirs = _params(workdir), _params(reference_dir)
-  for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  # The 4 devices sum the gradients in another order: they differ by float32 rounding.
+  # Adam's step lr m / (sqrt(v) + 1e-8) is steep in a gradient near 0, so a weight whose
+  # gradient is within rounding of 0 can move by many times the rounding: weight by
+  # weight no rounding-sized bound holds (the largest difference seen was 1e-6, 15 of the
+  # 431,080 weights beyond 1e-7). The weights as a whole agree: their relative L2
+  # distance was 7e-8. 1e-4 leaves room for 170 weights off by a fifth of an Adam step
+  # (2e-4), while the same run over other batches lands at a relative distance of 0.09.
+  ours, theirs = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(_params(d))])
+                  for d in (workdir, reference_dir))
+  assert np.linalg.norm(ours - theirs) <= 1e-4 * np.linalg.norm(theirs)
   assert summary['test_accuracy'] == pytest.approx(reference.summary['test_accuracy'],
                                                    abs=0.002)
 
