@@ -220,7 +220,7 @@ def _step(mode, lr_u):
   """``(config, (step, inner_tx))``: the tiny config's outer step returning its
   hypergradient, compiled once per ``(mode, lr_u)`` in this module."""
   if (mode, lr_u) not in _STEPS:
-    config = _tiny(mode=mode, lr_u=lr_u)
+    config = _tiny(mode=mode, poison_learning_rate=lr_u)
     _STEPS[mode, lr_u] = config, attack.make_outer_step(
         config, _surrogate(config)[1], return_hypergrad=True)
   return _STEPS[mode, lr_u]
@@ -247,7 +247,7 @@ def _run_step(mode, lr_u, b, poisons, key):
   config, (step, inner_tx) = _step(mode, lr_u)
   params = b['params']
   carry = (params, b['state'], inner_tx.init(params), jax.tree.map(jnp.zeros_like, params),
-           optax.adam(config.attack.lr_p).init(params))
+           optax.adam(config.attack.solver_learning_rate).init(params))
   moments = (np.zeros_like(poisons), np.zeros_like(poisons),
              np.zeros(len(poisons), np.int32))
   return step(carry, b['clean_x'], b['clean_y'], poisons, b['poisons'], moments,
@@ -314,9 +314,9 @@ def _reference_hypergrad(config, apply_fn, inner_tx, b, key):
     params, state = optax.apply_updates(params, updates), new_state
   return bilevel.implicit_hypergrad(
       outer_fn, lambda w, v, st: inner_fn(w, v, st, a.inner_steps), params, u,
-      method=a.solver, damping=a.damping, maxiter=a.solver_steps, learning_rate=a.lr_p,
+      method=a.solver, damping=a.damping, maxiter=a.solver_steps, learning_rate=a.solver_learning_rate,
       init=jax.tree.map(jnp.zeros_like, params),
-      solver_state=optax.adam(a.lr_p).init(params), has_aux=True, state=state)
+      solver_state=optax.adam(a.solver_learning_rate).init(params), has_aux=True, state=state)
 
 
 @pytest.mark.parametrize('mode', ['implicit', 'unrolled'])
@@ -379,7 +379,7 @@ def test_per_poison_adam_is_optax_adam_on_each_poison_alone(splits, tmp_path,
   """
   lr_u, eps = 1e-3, 0.1
   step, inner_tx = _step('implicit', lr_u)[1]
-  config = _tiny(mode='implicit', lr_u=lr_u)  # The step's setting; a shorter loop.
+  config = _tiny(mode='implicit', poison_learning_rate=lr_u)  # The step's setting; a shorter loop.
   config.attack.num_epochs, config.attack.steps_per_epoch = 3, 3
   config.attack.reinit_every_epochs = 2
   train, val = splits['train'], splits['val']
@@ -447,4 +447,4 @@ def test_outer_step_compiles_once_per_setting(splits, tmp_path):
   attack.pacd(other, splits, str(tmp_path / 'second'))
   assert attack._cached_outer_step(other, model, apply_fn)[0] is step
   assert step._cache_size() == 1
-  assert attack._cached_outer_step(_tiny(lr_u=0.05), model, apply_fn)[0] is not step
+  assert attack._cached_outer_step(_tiny(poison_learning_rate=0.05), model, apply_fn)[0] is not step

@@ -13,7 +13,6 @@ from rsp import attack
 from rsp import certification
 from rsp import protocol
 from rsp import robust_training
-from rsp import smoothing
 from rsp import train
 import rsp.configs
 from rsp.configs import common
