@@ -288,7 +288,7 @@ def _set(config, path, value):
     ('certify.n0', 0, 'config.certify.n0'),
     ('certify.alpha', 0.7, 'config.certify.alpha'),
     ('certify.all_classes_points', -1, 'all_classes_points'),
-    ('victims.gaussian.loss.sigma', 0.0, 'no training sigma'),
+    ('victims.gaussian.loss.sigma', 0.0, r'^config\.victims\.gaussian\.loss\.sigma=0\.0 is invalid'),
     ('attacks.gaussian.attack.solver', 'magic', r'^config\.attacks\.gaussian\.attack\.solver'),
     ('victims.gaussian.num_epochs', 0, r'^config\.victims\.gaussian\.num_epochs=0'),
     ('victims.gaussian.learning_rate', -1.0, r'^config\.victims\.gaussian\.learning_rate'),
