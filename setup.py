@@ -47,6 +47,7 @@ setuptools.setup(
     extras_require={
         'test': [
             'pytest>=7',
+            'chex>=0.1.86',  # tests/smoothing_test.py counts traces (assert_max_traces).
             'nbclient>=0.7',
             'nbformat>=5',
             'ipykernel>=6',

@@ -7,8 +7,8 @@ loop (host batch gathering by key, ``device_put`` onto the batch sharding, the j
 step) after one step that also compiles. Prints ms per step and training images per
 second (clean images; MACER and SmoothAdv see more noisy copies per image), the compile
 time, the step's FLOPs (XLA's cost analysis) and the FLOP rate achieved as a share of the
-peak float32 matmul rate measured just before. Timings on a shared machine move with
-other people's work; the matmul peak says how much of the machine you had, and the
+peak float32 matmul rate measured just before. Timings move with other load on the
+machine; the matmul peak measured beside them says how much of it the run had, and the
 share of it is the number to compare across runs.
 
     python benchmarks/train_throughput.py --quick        # about 5 min on 2 CPU cores
@@ -85,7 +85,7 @@ def time_setting(config, steps: int, max_seconds: float) -> dict:
   state, m = step_fn(state, first, jax.random.fold_in(noise_key, 0), extra)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
-  # What this machine gives us now, beside the timing.
+  # The machine's current matmul rate, beside the timing.
   peak = common.peak_matmul_flops(1024) / 1e9
   t0, c0 = time.perf_counter(), time.process_time()
   done = 0

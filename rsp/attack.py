@@ -4,7 +4,7 @@ A clean-label attack on one target class t: every training image of class t is r
 a perturbed copy ``x~_j = clip(x_j + delta_j, 0, 1)``, ``||delta_j||_inf <= eps``, labels
 unchanged, so that a victim trained from scratch on the poisoned set with a certified
 training method (Gaussian augmentation, MACER, SmoothAdv) has a small certified radius on
-class t. The bilevel problem (SPEC.md section B)::
+class t. The bilevel problem (docs/reference_implementation.md#the-bilevel-problem)::
 
     min_{delta}  F(w*(delta)),     w*(delta) = argmin_w g(w, x~(delta)),
 
@@ -16,10 +16,10 @@ target-class validation points V_t (``rsp.robust_training.certified_radius_surro
 and g the victim's training loss on a batch of clean non-target points and poisons
 (``rsp.robust_training``). The outer objective does not depend on the poisons directly.
 
-The attack loop (SPEC.md section C). A surrogate network is trained online together with
-the poisons: per outer step, a batch of ``clean_batch_size`` non-target points, a batch of
-``poison_batch_size`` poisons and ``val_batch_size`` target-class validation points are
-drawn; then either
+The attack loop (docs/reference_implementation.md#solver-and-driver). A surrogate network
+is trained online together with the poisons: per outer step, a batch of
+``clean_batch_size`` non-target points, a batch of ``poison_batch_size`` poisons and
+``val_batch_size`` target-class validation points are drawn; then either
 
 * ``mode='implicit'`` (the paper's): ``inner_steps`` Adam steps on g, then the implicit
   hypergradient (``rsp.bilevel.implicit_hypergrad``) with ``solver`` ('approxgrad' as in
@@ -35,19 +35,21 @@ then one step of the poisons' optimiser (per-poison Adam with learning rate
 or hypergradient skips the poison update and re-initialises the surrogate (logged and
 counted): no NaN ever reaches a poison.
 
-Decisions on the reference code's quirks (SPEC.md section G), documented here once:
+Decisions on the reference code's quirks (docs/reference_implementation.md, Q1-Q17), in
+brief:
 
-* G.3: the poisons' Adam moments are kept per poison (exact), instead of slots shared by
+* Q3: the poisons' Adam moments are kept per poison (exact), instead of slots shared by
   whichever poisons the batch drew; ``poison_optimizer='sign'`` gives a signed step.
-* G.6: noise is drawn fresh at every step for every method (the reference fixes it per
+* Q6: noise is drawn fresh at every step for every method (the reference fixes it per
   point for MACER and SmoothAdv); all randomness comes from ``fold_in(key, step)``.
-* G.8: the SmoothAdv inner problem uses the victim's attack
+* Q8, Q15: the SmoothAdv inner problem uses the victim's attack
   (``rsp.robust_training.smoothadv_perturbation``, by default the reference's Adam variant)
   as a constant perturbation of clean points and poisons, with the reference's 20-epoch
   warm-up cycle of its radius.
-* G.10, G.11: the final poisons are saved (no off-by-one) and NaN is checked every step.
-* G.2: CIFAR validation and inner batches get per-image crop+flip where the reference
-  applies its batch-wide crop.
+* Q10, Q11: the final poisons are saved (no off-by-one) and NaN is checked every step.
+* Q2: CIFAR clean and validation batches get per-image crop+flip where the reference
+  applies its batch-wide crop; the poisons are not augmented (the reference augments
+  them in the inner objective).
 """
 
 from __future__ import annotations
@@ -101,11 +103,13 @@ def project_linf(poisons: jax.Array, clean: jax.Array, eps: float) -> jax.Array:
 def outer_objective(params, state, images: jax.Array, labels: jax.Array, key: jax.Array,
                     *, apply_fn, sigma: float, num_noise: int, beta: float = 16.0,
                     alpha: float = 1e-3, train: bool = False) -> jax.Array:
-  """PACD's outer objective F: the mean soft certified-radius surrogate (SPEC.md B).
+  """PACD's outer objective F: the mean soft certified-radius surrogate.
 
   ``F = 1/B sum_x 1[c_hat(x) = y] R(x)`` with ``R`` from
   ``rsp.robust_training.certified_radius_surrogate`` over ``num_noise`` noise draws.
   Misclassified points count in the denominator with radius 0 (and give no gradient).
+  See docs/reference_implementation.md#the-bilevel-problem and
+  docs/reference_implementation.md#q9-masking-in-the-outer-objective.
 
   Args:
     params, state: the surrogate's parameters and model state.
@@ -136,11 +140,12 @@ def inner_batch(clean_images, clean_labels, poisons, target_class: int):
 
 
 def inner_loss_fn(method: str, hparams: Mapping[str, Any]):
-  """The victim's training loss used as the inner objective g (SPEC.md B).
+  """The victim's training loss used as the inner objective g.
 
   'gaussian' and 'smoothadv' (whose adversarial perturbation is added to the batch
   beforehand, as a constant) are cross-entropy under Gaussian noise; 'macer' is the MACER
-  loss. All are means over the B_c + B_p points of the batch.
+  loss. All are means over the B_c + B_p points of the batch. See
+  docs/reference_implementation.md#the-bilevel-problem.
   """
   if method not in INNER_METHODS:
     raise ValueError(f'method={method!r} is not known; accepted: '
@@ -203,7 +208,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
     adv_clean = jnp.zeros_like(clean_x)
     adv_poison = jnp.zeros_like(poisons)
     if method == 'smoothadv':
-      # The victim's attack, a constant for the bilevel gradient (SPEC.md B.3).
+      # The victim's attack, a constant for the bilevel gradient
+      # (docs/reference_implementation.md#q15-the-smoothadv-inner-problem-of-the-attack).
       sa = a.inner
       noise_c = sa.sigma * jax.random.normal(k_adv, (clean_x.shape[0], 1, *clean_x.shape[1:]))
       noise_p = sa.sigma * jax.random.normal(jax.random.fold_in(k_adv, 1),

@@ -19,8 +19,9 @@ hypergradient dF/du in two ways, both over arbitrary pytrees ``w`` and ``u``:
   solved by conjugate gradients ('cg', Pedregosa 2016), by Adam on the squared residual
   ('approxgrad', the solver of the paper), by a truncated Neumann series ('neumann', Lorraine
   et al. 2020) or not at all ('identity': p = f_w, i.e. g_ww replaced by I, Luketina et al.
-  2016; this aligns the inner gradient with the outer one and did as well as ApproxGrad in
-  our PACD prototype at a fraction of the cost).
+  2016; this aligns the inner gradient with the outer one and did about as well as
+  ApproxGrad in a PACD attack on embedded MNIST at a fraction of the cost,
+  docs/measured_facts.md#the-approxgrad-system-is-barely-solved).
 * :func:`unrolled_hypergrad`, by reverse-mode differentiation through ``num_steps`` inner
   optimiser steps from ``params0`` (Maclaurin et al. 2015; Franceschi et al. 2017), run in
   ``lax.scan`` with optional rematerialisation.
@@ -43,9 +44,10 @@ Every function is pure and jittable; the solver choice, iteration counts and the
 Python values (static), so close over them when jitting, e.g.
 ``jax.jit(functools.partial(implicit_hypergrad, outer_fn, inner_fn, method='cg'))``.
 Both functions take ``unroll``: on XLA CPU, rolled loops (``fori_loop``/``lax.scan``) of
-convolutional second-order work ran 4-14x slower than the same work unrolled
-(``benchmarks/hypergrad.py``), so pass ``unroll=True`` there for the few (<= 20) solver
-iterations or inner steps an attack uses; compile time then grows with the count.
+convolutional second-order work run several times slower than the same work unrolled
+(docs/measured_facts.md#rolled-loops-of-convolutional-work-are-slow-on-xla-cpu), so pass
+``unroll=True`` there for the few (<= 20) solver iterations or inner steps an attack
+uses; compile time then grows with the count.
 Hypergradients are returned as computed: a NaN (e.g. from an ill-posed solve) is not
 sanitised here; check ``jnp.isfinite`` before using them to update poisons.
 
@@ -191,8 +193,9 @@ def _tree_sub(x: PyTree, y: PyTree) -> PyTree:
 def _fori_loop(num: int, body: Callable[[Any, Any], Any], init: Any,
                unroll: int | bool) -> Any:
   """``lax.fori_loop(0, num, body, init, unroll=unroll)``; ``unroll=True`` traces a Python
-  loop instead. XLA CPU ran a fully unrolled one-iteration ``fori_loop`` of a LeNet
-  Hessian-vector product 10x slower than the same product traced without a loop."""
+  loop instead: on XLA CPU even a fully unrolled one-iteration ``fori_loop`` of a LeNet
+  Hessian-vector product is much slower than the same product traced without a loop
+  (docs/measured_facts.md#rolled-loops-of-convolutional-work-are-slow-on-xla-cpu)."""
   if unroll is True:
     carry = init
     for i in range(num):
@@ -224,7 +227,8 @@ def _solve_cg(matvec, b, x0, *, maxiter, tol, learning_rate, solver_state, unrol
 
   A fixed number of iterations in ``fori_loop`` (rather than ``jax.scipy.sparse.linalg.cg``,
   a ``while_loop``) so that the loop can be unrolled: convolutional Hessian-vector products
-  inside an XLA CPU loop ran up to 14x slower than unrolled (benchmarks/hypergrad.py). Once
+  inside an XLA CPU loop run several times slower than unrolled
+  (docs/measured_facts.md#rolled-loops-of-convolutional-work-are-slow-on-xla-cpu). Once
   ||r|| <= tol ||b|| the iterate is frozen (the remaining iterations still cost a product).
   """
   del learning_rate, solver_state  # unused by CG
@@ -371,9 +375,10 @@ def implicit_hypergrad(
       ``has_aux=True``.
     unroll: unroll factor of the solver's ``fori_loop``; ``True`` traces the iterations
       without a loop. On XLA CPU convolutional Hessian-vector products inside a rolled
-      loop ran about 10x slower (LeNet, 5 CG iterations: 8-12 s against 0.9-1.1 s in two
-      runs; benchmarks/hypergrad.py), so pass ``unroll=True`` there (compile time then grows
-      with ``maxiter``); on GPU the rolled loop should be fine (not measured).
+      loop run several times slower
+      (docs/measured_facts.md#rolled-loops-of-convolutional-work-are-slow-on-xla-cpu), so
+      pass ``unroll=True`` there (compile time then grows with ``maxiter``); on a GPU the
+      rolled loop has not been measured.
     return_aux: also return an :class:`ImplicitAux` (solution, relative residual, outer
       value, solver state). Computing the residual costs one more product.
 
@@ -492,13 +497,15 @@ def unrolled_hypergrad(
     pass_step: pass ``step=first_step + t`` to ``inner_fn`` at step t.
     first_step: offset of the step index (e.g. the global inner step count, so that a
       warm-started attack keeps drawing fresh ``fold_in`` noise).
-    remat: rematerialise each step in the backward pass (``jax.checkpoint``). Measured on
-      XLA CPU it cut the rolled scan's scratch memory (LeNet, 5 steps: 228 to 59 MiB) but
-      not the fully unrolled one's (``unroll=True``: XLA schedules the recomputation
-      early), so use it with a rolled scan when memory binds.
+    remat: rematerialise each step in the backward pass (``jax.checkpoint``). On XLA CPU
+      it cuts a rolled scan's scratch memory severalfold but hardly the fully unrolled
+      one's (``unroll=True``: XLA schedules the recomputation early;
+      benchmarks/README.md#hypergradient-cost), so use it with a rolled scan when memory
+      binds.
     unroll: ``lax.scan``'s unroll factor; ``True`` traces the steps without a loop, which
-      on XLA CPU was 4-5x faster than a rolled scan for convolutional steps (LeNet, 5 Adam
-      steps; benchmarks/hypergrad.py); compile time then grows with ``num_steps``.
+      on XLA CPU is several times faster than a rolled scan for convolutional steps
+      (docs/measured_facts.md#rolled-loops-of-convolutional-work-are-slow-on-xla-cpu);
+      compile time then grows with ``num_steps``.
     return_aux: also return an :class:`UnrolledAux` (final params, optimiser state, model
       state, outer value, inner losses) for warm starts and logging.
 

@@ -71,10 +71,6 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 _BATCH_AXIS = 'batch'
 MAX_SAMPLES = 2**31 - 1  # The most samples per image (n0, n): counts are int32.
 
-# How many times the device function has been traced (i.e. compiled); the tests assert
-# that certifying more images does not raise it.
-_num_traces = 0
-
 
 class CertifyResult(NamedTuple):
   """The outcome of CERTIFY for one point.
@@ -465,8 +461,6 @@ def _vote_counts(keys, params, images, sigma, num_samples, *, apply_fn, num_clas
   Returns:
     ``([G, K] int32 counts, bool: whether any unmasked logit was NaN or inf)``.
   """
-  global _num_traces
-  _num_traces += 1
   g, sample_shape = images.shape[0], images.shape[1:]
   b = samples_per_image
   offsets = jnp.arange(b, dtype=jnp.uint32)

@@ -456,7 +456,7 @@ def importable_tests(monkeypatch):
 def test_submitit_local_workers_compute_every_name_once(tmp_path, importable_tests):
   """Two workers through submitit's local executor (each a fresh Python process) on 8
   names, each on its own 'GPU' (local_gpus); then one failing worker. Takes about 6 s
-  on the 2-core development machine (submitit polls jobs once a second). No assertion
+  on a 2-core CPU (submitit polls jobs once a second). No assertion
   depends on timing: cannot fail by chance."""
   submitit = pytest.importorskip('submitit')
   del submitit

@@ -1,5 +1,7 @@
-"""Tests of rsp.models: parameter counts (SPEC.md F), shapes, the registry's checks, the
-two BatchNorm behaviours (SPEC.md G.1) and the pure apply functions."""
+"""Tests of rsp.models: parameter counts (docs/reference_implementation.md#architectures),
+shapes, the registry's checks, the two BatchNorm behaviours
+(docs/reference_implementation.md#q1-batchnorm-runs-in-inference-mode) and the pure apply
+functions."""
 
 import functools
 
@@ -111,8 +113,9 @@ LOGIT_TOL = dict(rtol=1e-4, atol=1e-4)
 
 def test_batchnorm_modes_and_the_frozen_reference_behaviour():
   """Standard BN: batch statistics and updated running averages in training, running
-  statistics in evaluation. The reference's BN (SPEC.md G.1) is standard BN evaluated
-  with its initial statistics (mean 0, variance 1), in training too.
+  statistics in evaluation. The reference's BN
+  (docs/reference_implementation.md#q1-batchnorm-runs-in-inference-mode) is standard BN
+  evaluated with its initial statistics (mean 0, variance 1), in training too.
 
   ResNet-8 (n = 1) runs every code path of ResNet-20 (stem, stride-2 stages with
   projections, BatchNorm) at a third of the compile time.

@@ -10,11 +10,13 @@ float32 rounding), not from printed values. The classifiers are tiny pure functi
 
 import json
 import os
+import inspect
 import re
 import subprocess
 import sys
 import textwrap
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -298,25 +300,38 @@ def test_counts_sum_to_n_and_raw_keys_work():
   assert counts.shape == (3, 2) and np.all(counts.sum(axis=1) == 777)
 
 
-def test_one_compilation_for_many_images():
+def _trace_limited_counting(monkeypatch, max_traces: int):
+  """Replaces smoothing's jitted counting function by a fresh jit of the same function
+  that ``chex.assert_max_traces`` lets trace at most ``max_traces`` times in this test
+  (one more trace raises an AssertionError). Returns the new jit: its ``_cache_size()``
+  is the number of compilations so far."""
+  chex.clear_trace_counter()
+  fn = smoothing._vote_counts
+  static = [name for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]  # The static arguments.
+  jitted = jax.jit(chex.assert_max_traces(fn, n=max_traces), static_argnames=static)
+  monkeypatch.setattr(smoothing, '_vote_counts_jit', jitted)
+  return jitted
+
+
+def test_one_compilation_for_many_images(monkeypatch):
   """Certifying more images, one by one or in batches, does not trace again.
   Deterministic (failure odds 0)."""
+  # At most one new shape for the batches (4 images per step).
+  counting = _trace_limited_counting(monkeypatch, max_traces=3)
   params, _ = linear_params(margin=0.2)
-  apply_fn = lambda p, x: linear_apply(p, x)  # A fresh function: a fresh cache entry.
   images = np.random.default_rng(1).random((13, *SHAPE)).astype(np.float32)
   kw = dict(num_classes=2, sigma=0.5, n0=16, n=200, alpha=0.001, batch_size=64)
-  before = smoothing._num_traces
-  smoothing.certify(jax.random.key(0), apply_fn, params, images[0], **kw)
-  assert smoothing._num_traces - before == 2  # Selection and estimation.
+  smoothing.certify(jax.random.key(0), linear_apply, params, images[0], **kw)
+  assert counting._cache_size() == 2  # Selection and estimation.
   for i in range(1, 6):
-    smoothing.certify(jax.random.key(i), apply_fn, params, images[i], **kw)
-  assert smoothing._num_traces - before == 2
-  smoothing.certify_many(jax.random.key(0), apply_fn, params, images[:9], **kw)
-  after_first_batch = smoothing._num_traces
-  smoothing.certify_many(jax.random.key(1), apply_fn, params, images, **kw)
-  smoothing.certify_many(jax.random.key(2), apply_fn, params, images[:5], **kw)
-  assert smoothing._num_traces == after_first_batch
-  assert after_first_batch - before <= 3  # At most one new shape (4 images per step).
+    smoothing.certify(jax.random.key(i), linear_apply, params, images[i], **kw)
+  assert counting._cache_size() == 2
+  smoothing.certify_many(jax.random.key(0), linear_apply, params, images[:9], **kw)
+  after_first_batch = counting._cache_size()
+  smoothing.certify_many(jax.random.key(1), linear_apply, params, images, **kw)
+  smoothing.certify_many(jax.random.key(2), linear_apply, params, images[:5], **kw)
+  assert counting._cache_size() == after_first_batch
 
 
 _SHARDING_SCRIPT = textwrap.dedent("""
@@ -482,7 +497,8 @@ def test_wrong_number_of_keys_is_refused():
 
 
 @pytest.mark.parametrize('shape', [(5, 5, 1), (4, 4, 3)])
-def test_an_image_shape_the_model_cannot_take_is_refused_naming_the_shapes(shape):
+def test_an_image_shape_the_model_cannot_take_is_refused_naming_the_shapes(shape,
+                                                                          monkeypatch):
   """The flax model was built for 4x4x1 images (its Dense kernel is [16, 2]); other
   images fail when traced, reported as a ValueError naming the image shape and the
   parameter shapes, before any noise is drawn. Deterministic (failure odds 0)."""
@@ -491,7 +507,7 @@ def test_an_image_shape_the_model_cannot_take_is_refused_naming_the_shapes(shape
   got = int(np.prod(shape))
   match = (rf'the model cannot take images of shape \({shape[0]}, {shape[1]}, '
            rf'{shape[2]}\).*ScopeParamShapeError.*\({got}, 2\).*\(16, 2\)')
-  before = smoothing._num_traces
+  _trace_limited_counting(monkeypatch, max_traces=0)  # A trace raises an AssertionError.
   with pytest.raises(ValueError, match=match):
     smoothing.certify(jax.random.key(0), mlp_apply, params, x, **_GOOD)
   with pytest.raises(ValueError, match=match):
@@ -499,7 +515,7 @@ def test_an_image_shape_the_model_cannot_take_is_refused_naming_the_shapes(shape
   with pytest.raises(ValueError, match=match):
     smoothing.predict(jax.random.key(0), mlp_apply, params, x, num_classes=2, sigma=0.5,
                       n=100, alpha=0.001, batch_size=64)
-  assert smoothing._num_traces == before  # The counting function never ran.
+  monkeypatch.undo()  # The counting function never ran; the library's own again.
   # The shape it was built for works.
   result = smoothing.certify(jax.random.key(0), mlp_apply, params,
                              np.zeros(SHAPE, np.float32), **_GOOD)

@@ -497,7 +497,7 @@ def test_mnist_paper_configs_run_on_mock_data(method, tmp_path):
 
 
 def test_paper_constants():
-  """SPEC.md D: the victims' hyperparameters."""
+  """The victims' hyperparameters (docs/reference_implementation.md#victim-training)."""
   m = {x: train_mnist.get_config(x) for x in robust_training.METHODS}
   c = {x: train_cifar10.get_config(x) for x in robust_training.METHODS}
   for config in list(m.values()) + list(c.values()):

@@ -20,7 +20,7 @@ attack's sigma 0.75 (its MACER victims are trained at 0.5, as here).
   tables): ACR drops of 36-62% for every PACD set on every LeNet victim except MACER
   poisons on the MACER victim (17%), 94-97% on the MLP, against 25%, -5%, 14% and 46%
   for random +-eps noise. The ``wide_cnn`` architecture (870k parameters, 3x3
-  convolutions) is left out of the small mode: on that CPU it trains at about 170-210
+  convolutions) is left out of the small mode: on a 2-core CPU it trains at about 170-210
   images/s, 11-12 minutes per victim plus 5 minutes of certification (measured: its
   Gaussian victim's class-8 ACR fell from 1.329 to 0.444 with the Gaussian PACD
   poisons, -66.6%); add it with ``--config.archs=lenet,mlp,wide_cnn``.

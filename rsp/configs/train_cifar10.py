@@ -11,8 +11,8 @@ gaussian), MODE in paper (default) | small | tiny.
   replicates the reference's BatchNorm, which runs in inference mode with its initial
   statistics). Needs a GPU: about 0.5 h (gaussian) to 6 h (macer) on one modern GPU
   (estimated from samples/s).
-* small: 3 epochs, for a CPU smoke run on prepared CIFAR-10. On a 2-core CPU shared with
-  other work (load 4-6) a step of Gaussian augmentation (batch 200) took 3.6 s, so an
+* small: 3 epochs, for a CPU smoke run on prepared CIFAR-10. On a 2-core CPU under
+  load (load average 4-6) a step of Gaussian augmentation (batch 200) took 3.6 s, so an
   epoch (225 steps) about 14 min; MACER's k = 16 costs 57 s a step of 100 (see
   benchmarks/train_throughput.py): the paper mode needs a GPU.
 * tiny: 8 training points, 2 steps of 4, for tests on mock data.

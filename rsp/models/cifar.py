@@ -1,9 +1,10 @@
 """CIFAR-10 architectures: ResNet-20 v1 (the paper's) and a pre-activation ResNet-29.
 
-BatchNorm (SPEC.md G.1). The reference code never sets Keras's learning phase, so its
-BatchNorm layers always use their moving statistics, which are never updated (mean 0,
-variance 1): BN is a fixed affine map gamma * x / sqrt(1 + 1e-3) + beta and the ResNet is
-effectively trained without normalisation. We offer both:
+BatchNorm (docs/reference_implementation.md#q1-batchnorm-runs-in-inference-mode). The
+reference code never sets Keras's learning phase, so its BatchNorm layers always use their
+moving statistics, which are never updated (mean 0, variance 1): BN is a fixed affine map
+gamma * x / sqrt(1 + 1e-3) + beta and the ResNet is effectively trained without
+normalisation. rsp offers both:
 
 * ``norm='batch'`` (default): standard BatchNorm, batch statistics in training
   (``train=True``, running averages in the ``batch_stats`` collection) and running
