@@ -263,13 +263,13 @@ def _sweep_value(axis: str, value: Any, item: Any, num_classes: int) -> Any:
 
 
 def sweep_values(config: ml_collections.ConfigDict, axis: str) -> tuple[Any, ...]:
-  """The values of ``config.sweep.<axis>`` (a tuple, a number or a comma-separated
-  string), checked: distinct, each a valid value of the axis."""
+  """The values of ``config.sweep.<axis>`` (a tuple of values or of comma-separated
+  strings, a number or a string), checked: distinct, each a valid value of the axis."""
   validation.check_choice('axis', axis, AXES)
   value = config.sweep.get(axis, ())
-  items = (value.split(',') if isinstance(value, str) else
-           value if isinstance(value, (tuple, list)) else (value,))
-  items = [i.strip() if isinstance(i, str) else i for i in items]
+  items = []
+  for item in value if isinstance(value, (tuple, list)) else (value,):
+    items += [p.strip() for p in item.split(',')] if isinstance(item, str) else [item]
   num_classes = data_lib.info(config.dataset)['num_classes']
   values = tuple(_sweep_value(axis, value, i, num_classes) for i in items if i != '')
   if len(set(values)) != len(values):
