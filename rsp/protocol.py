@@ -4,10 +4,11 @@ r"""The evaluation protocol: poison, train victims from scratch, certify, report
 (``rsp/configs/protocol*.py``):
 
 1. checks every setting, nested configs included, and the workdir's record before any
-   work (``validate_config``, ``check_workdir``);
-2. makes the poison sets (``make_poison_sets``): PACD (Mehra et al. 2021) crafted
-   against each method of ``config.crafted_against`` (or ``config.poison_file``), and
-   the baselines of ``rsp.baselines`` on the same images within the same eps;
+   work (``prepare``: ``validate_config``, ``check_workdir``);
+2. makes the poison sets (``make_poison_set`` per ``poison_keys``): PACD (Mehra et al.
+   2021) crafted against each method of ``config.crafted_against`` (or
+   ``config.poison_file``), and the baselines of ``rsp.baselines`` on the same images
+   within the same eps, each on ``config.poison_fraction`` of the target class;
 3. trains a victim from scratch for every cell of the grid training method x
    architecture x training set x seed (``resolve_cells``, ``run_cell``) and certifies
    it (Cohen et al. 2019) on the same seeded test points with one key for all victims:
@@ -16,16 +17,40 @@ r"""The evaluation protocol: poison, train victims from scratch, certify, report
 4. computes drops, paired comparisons and intervals (``rsp.metrics``), writes
    ``results.json`` and ``results.md``, then the figures (``rsp.report``).
 
+**Sweeps.** ``config.sweep.axes`` names axes among eps, poison_fraction, victim_sigma
+and target_class; the grid is then the base point (the config's own values) and each
+value of each axis with the others at the base point (``sweep_points``). A cell
+records where it departs from the base point (``Cell``; None: the base value) and only
+where that changes its numbers, so cells that share a victim are one cell: a clean
+victim is trained once per (method, arch, victim sigma, target class, seed), whatever
+the eps or fraction; a poison set (``PoisonKey``) is made once per (kind, method, eps,
+fraction, target class), whatever the victims' sigma. The random baseline of each
+budget sits beside the PACD cells of that budget. Names show the departures:
+``gaussian-lenet-pacd_gaussian-eps0.05-seed0``, ``gaussian-lenet-none-sigma1-seed0``;
+a grid without sweeps has the names it always had.
+
+**Fan-out.** Many workers may share one workdir (``run_worker``, on top of
+``rsp.grid``'s claims): each first takes part in making the poison sets, one claimed
+item each, and waits until all exist; then it computes the cells (all of them, work
+stealing, or its shard ``i/N``), each under its claim, so that no item is computed
+twice and a dead worker's item is taken over after the claim's lease.
+``report_protocol`` aggregates the finished cells without computing anything and names
+the missing ones; ``launch`` checks everything once, starts K workers through
+``rsp.grid.submit`` (submitit: local processes or a SLURM job array), waits and
+reports; ``run_command`` is what ``experiments/run.py`` does with its flags.
+
 Workdir layout (the workdir is the record; every stage resumes)::
 
     WORKDIR/config.json                 the protocol config
     WORKDIR/poisons/<set>.json          what a poison set is made from (checked on restart)
-    WORKDIR/poisons/pacd_<method>/      PACD's workdir (poisons.npz, checkpoints)
-    WORKDIR/poisons/<baseline>.npz      random baselines
+    WORKDIR/poisons/pacd_<method>[-<departures>]/  PACD's workdir (poisons.npz, checkpoints)
+    WORKDIR/poisons/<baseline>[-<departures>].npz  random baselines
     WORKDIR/cells/<cell>/spec.json      what a cell is made from (checked on restart)
     WORKDIR/cells/<cell>/train/         the victim's training run
     WORKDIR/cells/<cell>/certify.tsv    Cohen's per-point log (certify_all_classes.tsv)
     WORKDIR/cells/<cell>/result.json    the cell's row, written when the cell is done
+    WORKDIR/compute_log/<item>@<host>-<pid>-<token>.json   one file per computation
+    WORKDIR/claims/, grid_logs/         workers' claims (rsp.grid) and submitit logs
     WORKDIR/results.json, results.md, figures/*.png
 
 A restarted run redoes nothing finished, resumes what was interrupted and ends with the

@@ -329,7 +329,8 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
       f'{len(results["certified_points"])} target-class test points (subset seed '
       f'{c["subset_seed"]}) with the same noise per point. ACR drop: (ACR clean - ACR '
       'poisoned) / ACR clean against the clean victim of the same training method, '
-      f'architecture and seed. {spread}', '']
+      'architecture and seed' + (', target class and victim sigma' if axes else '')
+      + f'. {spread}', '']
   lines += _missing_section(results.get('missing'))
   lines += ['## Target-class certification', '']
   lines += _main_table(aggregates, ' [95% CI]' if most_seeds >= 2 else '')
@@ -358,7 +359,9 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
   if results['poisons']:
     lines += ['', '## Poisons: perturbation statistics', ''] + _poison_table(
         results['poisons'])
-  times = [f'{poison_label(p["poison"], p["crafted_against"])} {_duration(p["seconds"])}'
+  times = [f'{poison_label(p["poison"], p["crafted_against"])}'
+           + (f' ({setting_label(p)})' if setting_label(p) else '')
+           + f' {_duration(p["seconds"])}'
            for p in results['poisons'].values() if p.get('seconds')]
   lines += ['', '## Machine and time', '',
             f'{machine["cpu"]} ({machine["cpu_count"]} cores), devices '
@@ -456,7 +459,9 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
     plotting.plot_poison_examples(
         p.clean_images[shown], p.poisons[shown], os.path.join(workdir, rel),
         num_images=cfg['num_figure_images'],
-        title=f'{poison_label(p.poison, p.crafted_against)}: max |delta| = '
+        title=f'{poison_label(p.poison, p.crafted_against)}'
+              + (f' ({setting_label({"setting": p.setting})})' if p.setting else '')
+              + ': max |delta| = '
               f'{float(np.abs(p.poisons - p.clean_images).max()):.3g}')
     out.append(rel)
   if any(a['poison'] != 'none' for a in aggregates):
@@ -494,9 +499,10 @@ def _spread_text(s: Mapping[str, Any], *, percent: bool = False) -> str:
   if not _finite(s.get('mean')):
     return '-'
   scale, d = (100.0, 1) if percent else (1.0, 3)
+  unit = '%' if percent else ''
   if s['all_points']:
-    return f'{scale * s["all"]:.{d}f}'
-  return (f'{scale * s["mean"]:.{d}f} ± {scale * s["std"]:.{d}f} '
+    return f'{scale * s["all"]:.{d}f}{unit}'
+  return (f'{scale * s["mean"]:.{d}f}{unit} ± {scale * s["std"]:.{d}f} '
           f'[{scale * s["min"]:.{d}f}, {scale * s["max"]:.{d}f}]')
 
 

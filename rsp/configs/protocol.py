@@ -35,8 +35,11 @@ writes ``WORKDIR/results.json``, ``WORKDIR/results.md`` and ``WORKDIR/figures/``
 restarting with the same workdir resumes and redoes nothing that is done.
 
 Other protocol configs build on ``build_config`` below: ``protocol_transfer.py`` (3x3
-attack-method x training-method matrix, other architectures), ``protocol_mnist_paper.py``
-and ``protocol_cifar10_paper.py`` (paper scale, GPU).
+attack-method x training-method matrix, other architectures), ``protocol_sweep.py``
+(the ACR drop along eps, the poisoned fraction, the victims' sigma and the target
+class), ``protocol_mnist_paper.py`` and ``protocol_cifar10_paper.py`` (paper scale,
+GPU). Any of them fans out over processes or machines with ``--workers=K`` or
+``--shard=i/N`` (docs/cluster.md).
 """
 
 from __future__ import annotations
