@@ -1210,6 +1210,8 @@ def run_command(config: ml_collections.ConfigDict, workdir: str, *,
     results = run_protocol(config, workdir)
   with open(os.path.join(workdir, 'results.md')) as f:
     text = f.read()
-  return (text + f'\n{len(results["rows"])} victims; wrote {workdir}/results.json, '
-          'results.md' + (' and figures/' if results['figures'] else '') + '.\n'
-          + grid_status(config, workdir, lease_seconds=lease_seconds))
+  text += (f'\n{len(results["rows"])} victims; wrote {workdir}/results.json, '
+           'results.md' + (' and figures/' if results['figures'] else '') + '.')
+  if report_only or workers:  # What the workers have done, and hold.
+    text += '\n' + grid_status(config, workdir, lease_seconds=lease_seconds)
+  return text
