@@ -6,7 +6,8 @@ fraction ``config.poison_fraction`` of them, ``round(f * n_t)`` images drawn by
 clean) is replaced by a perturbed copy ``x~_j = clip(x_j + delta_j, 0, 1)``,
 ``||delta_j||_inf <= eps``, labels unchanged, so that a victim trained from scratch on
 the poisoned set with a certified training method (Gaussian augmentation, MACER,
-SmoothAdv) has a small certified radius on class t. The bilevel problem (SPEC.md section B)::
+SmoothAdv) has a small certified radius on class t. The bilevel problem (SPEC.md
+section B)::
 
     min_{delta}  F(w*(delta)),     w*(delta) = argmin_w g(w, x~(delta)),
 

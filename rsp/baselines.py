@@ -1,9 +1,9 @@
 """The poison sets PACD is compared with: random noise in the same budget, and no data.
 
 Each random baseline perturbs the training images of the target class (all of them, or
-the same seeded fraction ``poison_fraction`` that PACD poisons: ``rsp.data.poison_indices``
-with ``subset_seed``) within the same L-inf ball of radius eps as PACD, keeps the labels,
-and is drawn from one key:
+the same seeded fraction ``poison_fraction`` that PACD poisons:
+``rsp.data.poison_indices`` with ``subset_seed``) within the same L-inf ball of radius
+eps as PACD, keeps the labels, and is drawn from one key:
 
 * ``random``: uniformly random +-eps sign noise, clipped to [0, 1]. On MNIST's black
   background the clipping turns it into a one-sided brightening (``E[delta] > 0``).

@@ -646,8 +646,8 @@ def _check_subset_args(sizes: Sequence[int], num_seeds: int) -> None:
                      'least one.')
   if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or \
       num_seeds < 2:
-    raise ValueError(f'num_seeds={num_seeds!r} must be an integer >= 2 (subsets per size, '
-                     'for a spread).')
+    raise ValueError(f'num_seeds={num_seeds!r} must be an integer >= 2 (subsets per '
+                     'size, for a spread).')
 
 
 def _spread(values: Sequence[float], reference: float, m: int, n: int) -> dict[str, Any]:

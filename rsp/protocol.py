@@ -43,7 +43,7 @@ Workdir layout (the workdir is the record; every stage resumes)::
 
     WORKDIR/config.json                 the protocol config
     WORKDIR/poisons/<set>.json          what a poison set is made from (checked on restart)
-    WORKDIR/poisons/pacd_<method>[-<departures>]/  PACD's workdir (poisons.npz, checkpoints)
+    WORKDIR/poisons/pacd_<method>[-<departures>]/  PACD's workdir (poisons.npz, ...)
     WORKDIR/poisons/<baseline>[-<departures>].npz  random baselines
     WORKDIR/cells/<cell>/spec.json      what a cell is made from (checked on restart)
     WORKDIR/cells/<cell>/train/         the victim's training run
@@ -183,7 +183,7 @@ class Cell:
 @dataclasses.dataclass
 class PoisonSet:
   """Perturbed target-class training images replacing the clean ones."""
-  name: str                 # 'pacd_<method>' or a random baseline's name (PoisonKey.name).
+  name: str                 # PoisonKey.name: 'pacd_<method>' or a random baseline's.
   poison: str               # 'pacd' or a random baseline's name.
   crafted_against: str      # PACD's training method ('' for baselines).
   indices: np.ndarray       # [P] indices into the training split.
@@ -230,7 +230,10 @@ def poison_setting(config: ml_collections.ConfigDict,
   """The concrete ``target_class``, ``eps`` and ``poison_fraction`` of a poison set or a
   cell's training set (eps and fraction None for 'none' and 'no_target')."""
   budgeted = where.poison in BUDGETED
-  value = lambda axis, base: base if getattr(where, axis) is None else getattr(where, axis)
+
+  def value(axis, base):
+    return base if getattr(where, axis) is None else getattr(where, axis)
+
   return {'target_class': int(value('target_class', config.target_class)),
           'eps': float(value('eps', config.eps)) if budgeted else None,
           'poison_fraction': (float(value('poison_fraction',
@@ -433,10 +436,12 @@ def _validate_certify(c: ml_collections.ConfigDict) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a protocol config that cannot work, before any work.
 
-  Checks the protocol's fields, the certification settings, and every nested config as
-  the protocol will use it (each victim of the grid with ``rsp.train.validate_config``,
-  each attack with ``rsp.attack.validate_config``); their messages name a field by its
-  full path, e.g. ``config.victims.gaussian.num_epochs``.
+  Checks the protocol's fields, the certification settings, the sweep
+  (``config.sweep``: its axes, their values and what each axis needs), and every nested
+  config as the protocol will use it (each victim of the grid with
+  ``rsp.train.validate_config``, each attack of each budget with
+  ``rsp.attack.validate_config``); their messages name a field by its full path, e.g.
+  ``config.victims.gaussian.num_epochs``, ``config.sweep.eps``.
   """
   validation.check_choice('config.dataset', config.dataset, data_lib.DATASETS)
   info = data_lib.info(config.dataset)
@@ -596,7 +601,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, cells: Sequen
                                what=f'poison set ({key.name})')
   for cell in cells:
     workdir_lib.check_settings(os.path.join(workdir, 'cells', cell.name, 'spec.json'),
-                               cell_spec(config, cell, *points[_cell_class(config, cell)]),
+                               cell_spec(config, cell,
+                                         *points[_cell_class(config, cell)]),
                                resumable=RESUMABLE, what=f'victim ({cell.name})')
 
 
@@ -642,7 +648,8 @@ def make_poison_set(config: ml_collections.ConfigDict, key: PoisonKey,
                     os.path.dirname(path))
     return
   setting = poison_setting(config, key)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), POISON_KINDS.index(key.poison))
+  base_key = jax.random.fold_in(jax.random.key(config.seed),
+                                POISON_KINDS.index(key.poison))
   baselines.save_random_baseline(
       path, base_key, splits['train'], name=key.poison,
       target_class=setting['target_class'], eps=setting['eps'],
@@ -1156,7 +1163,8 @@ def launch(config: ml_collections.ConfigDict, workdir: str, *, workers: int,
   validation.check_choice('--executor', executor, grid_lib.EXECUTORS)
   prepare(config, workdir)
   jobs = grid_lib.submit(
-      _launched_worker, [(config.to_dict(), workdir, lease_seconds, poll_seconds)] * workers,
+      _launched_worker,
+      [(config.to_dict(), workdir, lease_seconds, poll_seconds)] * workers,
       executor=executor, folder=os.path.join(workdir, 'grid_logs'),
       job_name=f'rsp-{config.name}', **submit_kwargs)
   grid_lib.wait(jobs)

@@ -101,13 +101,13 @@ def test_names_and_specs_carry_the_setting():
   assert cls['target_class'] == 3 and cls['inputs']['certified_points'] == [
       int(i) for i in points[3][0]]
   # The victim of a sigma cell trains at that sigma; its poisons are the base attack's.
-  victim = protocol.victim_config(config, cells['gaussian-lenet-pacd_gaussian-sigma1-seed0'])
+  sigma_cell = cells['gaussian-lenet-pacd_gaussian-sigma1-seed0']
+  victim = protocol.victim_config(config, sigma_cell)
   assert victim.loss.sigma == 1.0 and victim.target_class == 8
-  attack = protocol.attack_config(config, 'gaussian',
-                                  cells['gaussian-lenet-pacd_gaussian-sigma1-seed0'].poison_key)
+  attack = protocol.attack_config(config, 'gaussian', sigma_cell.poison_key)
   assert attack.attack.sigma == 0.5 and attack.eps == 0.1
-  attack = protocol.attack_config(config, 'gaussian',
-                                  cells['gaussian-lenet-pacd_gaussian-class3-seed0'].poison_key)
+  class_cell = cells['gaussian-lenet-pacd_gaussian-class3-seed0']
+  attack = protocol.attack_config(config, 'gaussian', class_cell.poison_key)
   assert (attack.target_class, attack.eps, attack.poison_fraction) == (3, 0.1, 1.0)
 
 
