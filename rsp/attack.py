@@ -1,10 +1,13 @@
 r"""PACD: Poisoning Against Certified Defenses (Mehra, Kailkhura, Chen & Hamm, CVPR 2021).
 
-A clean-label attack on one target class t: every training image of class t is replaced by
-a perturbed copy ``x~_j = clip(x_j + delta_j, 0, 1)``, ``||delta_j||_inf <= eps``, labels
-unchanged, so that a victim trained from scratch on the poisoned set with a certified
-training method (Gaussian augmentation, MACER, SmoothAdv) has a small certified radius on
-class t. The bilevel problem (docs/reference_implementation.md#the-bilevel-problem)::
+A clean-label attack on one target class t: every training image of class t (or a
+fraction ``config.poison_fraction`` of them, ``round(f * n_t)`` images drawn by
+``config.poison_subset_seed``: ``rsp.data.poison_indices``; the rest of the class stays
+clean) is replaced by a perturbed copy ``x~_j = clip(x_j + delta_j, 0, 1)``,
+``||delta_j||_inf <= eps``, labels unchanged, so that a victim trained from scratch on
+the poisoned set with a certified training method (Gaussian augmentation, MACER,
+SmoothAdv) has a small certified radius on class t. The bilevel problem
+(docs/reference_implementation.md#the-bilevel-problem)::
 
     min_{delta}  F(w*(delta)),     w*(delta) = argmin_w g(w, x~(delta)),
 
@@ -335,6 +338,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not eps_ok:
     raise ValueError(f'config.eps={config.eps!r} must be a number in (0, 1] (the '
                      'poisons\' L-inf budget in pixels).')
+  data_lib.check_poison_fraction('config.poison_fraction',
+                                 config.get('poison_fraction', 1.0))
+  validation.check_int('config.poison_subset_seed', config.get('poison_subset_seed', 0),
+                       0, meaning='seeds which images a poison_fraction < 1 poisons')
   a = config.attack
   for name, value, accepted in (('method', a.method, INNER_METHODS),
                                 ('mode', a.mode, MODES), ('solver', a.solver, SOLVERS),
@@ -419,8 +426,16 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   a = config.attack
   target = int(config.target_class)
   train_ds, val_ds = splits['train'], splits['val']
-  poison_idx = data_lib.class_indices(train_ds, target)
-  clean_pool = data_lib.remove_class(train_ds, target)
+  # The poisoned images (all of the class, or a seeded fraction of it); the clean pool
+  # of the inner problem is every other training point, the class's unpoisoned images
+  # included, as in the victim's training set.
+  fraction = float(config.get('poison_fraction', 1.0))
+  subset_seed = int(config.get('poison_subset_seed', 0))
+  poison_idx = data_lib.poison_indices(train_ds, target, fraction, subset_seed,
+                                       name='config.poison_fraction')
+  num_class = len(data_lib.class_indices(train_ds, target))
+  clean_pool = data_lib.subset(train_ds, np.setdiff1d(
+      np.arange(len(train_ds['label'])), poison_idx))
   val_t = data_lib.select_class(val_ds, target)
   clean_poisons = np.asarray(train_ds['image'])[poison_idx]
   n_clean, n_p, n_v = len(clean_pool['label']), len(poison_idx), len(val_t['label'])
@@ -546,6 +561,8 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
       'sigma': float(a.sigma), 'seed': int(config.seed), 'model': config.model,
       'mode': a.mode, 'solver': a.solver, 'steps': total_steps,
       'nonfinite_steps': nonfinite, 'attack_seconds': seconds, 'kind': 'pacd',
+      'poison_fraction': fraction, 'poison_subset_seed': subset_seed,
+      'num_class_images': num_class,
   }
   path = os.path.join(workdir, 'poisons.npz')
   data_lib.save_poisons(path, poisons=poisons, indices=poison_idx,

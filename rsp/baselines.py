@@ -1,7 +1,9 @@
 """The poison sets PACD is compared with: random noise in the same budget, and no data.
 
-Each random baseline perturbs every training image of the target class within the same
-L-inf ball of radius eps as PACD, keeps the labels, and is drawn from one key:
+Each random baseline perturbs the training images of the target class (all of them, or
+the same seeded fraction ``poison_fraction`` that PACD poisons:
+``rsp.data.poison_indices`` with ``subset_seed``) within the same L-inf ball of radius
+eps as PACD, keeps the labels, and is drawn from one key:
 
 * ``random``: uniformly random +-eps sign noise, clipped to [0, 1]. On MNIST's black
   background the clipping turns it into a one-sided brightening (``E[delta] > 0``).
@@ -36,8 +38,8 @@ NOISE_KINDS = ('sign', 'uniform', 'zero_mean')
 
 
 def zero_mean_random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *,
-                             target_class: int, eps: float
-                             ) -> tuple[np.ndarray, np.ndarray]:
+                             target_class: int, eps: float, poison_fraction: float = 1.0,
+                             subset_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """+-eps sign noise on the target class's pixels in [eps, 1 - eps] only.
 
   No pixel is clipped, so ``E[delta] = 0`` exactly: the control for the one-sided
@@ -47,7 +49,7 @@ def zero_mean_random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *,
   Returns:
     ``(indices, poisons)`` as ``random_poisons``.
   """
-  idx = data_lib.class_indices(train, target_class)
+  idx = data_lib.poison_indices(train, target_class, poison_fraction, subset_seed)
   clean = np.asarray(train['image'], np.float32)[idx]
   signs = np.asarray(jax.random.rademacher(key, clean.shape, np.float32))
   interior = (clean >= eps) & (clean <= 1.0 - eps)
@@ -56,7 +58,8 @@ def zero_mean_random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *,
 
 
 def random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *, target_class: int,
-                   eps: float, kind: str = 'sign') -> tuple[np.ndarray, np.ndarray]:
+                   eps: float, kind: str = 'sign', poison_fraction: float = 1.0,
+                   subset_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Random perturbations of the target class's training images within eps.
 
   Args:
@@ -66,16 +69,22 @@ def random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *, target_cl
     eps: L-inf budget.
     kind: ``'sign'`` (+-eps per pixel, then clipped to [0, 1]), ``'uniform'``
       (U[-eps, eps], clipped) or ``'zero_mean'`` (``zero_mean_random_poisons``).
+    poison_fraction: perturb ``round(poison_fraction * n)`` of the class's n images,
+      in (0, 1] (``rsp.data.poison_indices``); the others stay clean.
+    subset_seed: seeds which images a fraction < 1 perturbs.
 
   Returns:
-    ``(indices, poisons)``: the target class's indices into ``train`` and their
-    perturbed images ``[P, H, W, C]`` float32 in [0, 1].
+    ``(indices, poisons)``: the perturbed images' indices into ``train`` (increasing)
+    and their images ``[P, H, W, C]`` float32 in [0, 1].
   """
   if kind not in NOISE_KINDS:
     raise ValueError(f'kind={kind!r} is not known; accepted: {", ".join(NOISE_KINDS)}.')
+  data_lib.check_poison_fraction('poison_fraction', poison_fraction)
   if kind == 'zero_mean':
-    return zero_mean_random_poisons(key, train, target_class=target_class, eps=eps)
-  idx = data_lib.class_indices(train, target_class)
+    return zero_mean_random_poisons(key, train, target_class=target_class, eps=eps,
+                                    poison_fraction=poison_fraction,
+                                    subset_seed=subset_seed)
+  idx = data_lib.poison_indices(train, target_class, poison_fraction, subset_seed)
   clean = np.asarray(train['image'])[idx]
   if kind == 'sign':
     delta = eps * np.asarray(jax.random.rademacher(key, clean.shape, np.float32))
@@ -86,20 +95,27 @@ def random_poisons(key: jax.Array, train: Mapping[str, np.ndarray], *, target_cl
 
 def save_random_baseline(path: str, key: jax.Array, train: Mapping[str, np.ndarray], *,
                          name: str, target_class: int, eps: float,
-                         metadata: Mapping[str, Any]) -> None:
+                         metadata: Mapping[str, Any], poison_fraction: float = 1.0,
+                         subset_seed: int = 0) -> None:
   """Draws the random baseline ``name`` (a key of ``RANDOM_KINDS``) and saves it as a
-  poison file (``rsp.data.save_poisons``) with ``metadata`` and its kind."""
+  poison file (``rsp.data.save_poisons``) with ``metadata``, its kind, and the
+  ``poison_fraction``, ``poison_subset_seed`` and ``num_class_images`` of its draw."""
   if name not in RANDOM_KINDS:
     raise ValueError(f'name={name!r} is not a random baseline; accepted: '
                      f'{", ".join(RANDOM_KINDS)}.')
   idx, images = random_poisons(key, train, target_class=target_class, eps=eps,
-                               kind=RANDOM_KINDS[name])
+                               kind=RANDOM_KINDS[name], poison_fraction=poison_fraction,
+                               subset_seed=subset_seed)
+  num_class = len(data_lib.class_indices(train, target_class))
   data_lib.save_poisons(path, poisons=images, indices=idx,
                         clean_images=np.asarray(train['image'])[idx],
                         labels=np.asarray(train['label'])[idx],
                         metadata=dict(metadata, kind=name, method=name,
                                       noise=RANDOM_KINDS[name], eps=float(eps),
-                                      target_class=int(target_class)))
+                                      target_class=int(target_class),
+                                      poison_fraction=float(poison_fraction),
+                                      poison_subset_seed=int(subset_seed),
+                                      num_class_images=num_class))
 
 
 def without_target_class(train: Mapping[str, np.ndarray],

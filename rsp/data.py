@@ -252,6 +252,54 @@ def seeded_subset_indices(n: int, m: int | None, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
 
 
+def check_poison_fraction(name: str, value: Any) -> float:
+  """``value`` as a float if it is a fraction of a class to poison, in (0, 1]; raises a
+  ValueError naming ``name`` otherwise."""
+  number = None
+  if not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                        np.floating)):
+    number = float(value)
+  if number is None or not 0.0 < number <= 1.0:
+    raise ValueError(f'{name}={value!r} must be a number in (0, 1]: the fraction of the '
+                     "target class's training images that are poisoned (1: all).")
+  return number
+
+
+def poison_indices(ds: Mapping[str, np.ndarray], cls: int, fraction: float = 1.0,
+                   seed: int = 0, *, name: str = 'poison_fraction') -> np.ndarray:
+  """The points of class ``cls`` that a poison set replaces, in increasing order.
+
+  All of them at ``fraction`` 1; otherwise ``k = round(fraction * n)`` of the class's
+  ``n`` points (Python's ``round``, half to even): the first k of
+  ``np.random.default_rng(seed).permutation(n)``. For one seed a smaller fraction thus
+  poisons a subset of the points of a larger one.
+
+  Args:
+    ds: the training split.
+    cls: the target class.
+    fraction: in (0, 1].
+    seed: seeds the draw (recorded by the callers in the poison file's metadata).
+    name: how the caller names ``fraction``, for the messages.
+
+  Raises:
+    ValueError: ``fraction`` is outside (0, 1], ``seed`` is not an integer >= 0, or
+      the fraction poisons no point of the class.
+  """
+  fraction = check_poison_fraction(name, fraction)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f'poison subset seed={seed!r} must be an integer >= 0.')
+  idx = class_indices(ds, cls)
+  if fraction == 1.0:
+    return idx
+  k = int(round(fraction * len(idx)))
+  if k < 1:
+    raise ValueError(f'{name}={fraction} poisons round({fraction} * {len(idx)}) = 0 of '
+                     f'the {len(idx)} training images of class {cls}; accepted: a '
+                     f'fraction above {0.5 / len(idx):.3g}.')
+  order = np.random.default_rng(int(seed)).permutation(len(idx))
+  return np.sort(idx[order[:k]])
+
+
 def apply_poison(ds: Mapping[str, np.ndarray], indices: np.ndarray,
                  images: np.ndarray) -> Dataset:
   """Replaces ``ds['image'][indices]`` by ``images``; labels are left unchanged."""

@@ -20,9 +20,11 @@ Uncertainty (float64 on the host, scipy):
 * ``paired_t_test``: two conditions measured on the same victim seeds.
 
 Rows of the evaluation protocol (``rsp.protocol``; one dict per certified victim):
-``add_acr_drops``, ``add_paired_comparisons``, ``aggregate_rows`` (over seeds) and
-``transfer_matrix``; ``perturbation_statistics`` says how visible a poison set is (norms,
-PSNR, SSIM).
+``add_acr_drops``, ``add_paired_comparisons``, ``aggregate_rows`` (over seeds),
+``transfer_matrix`` and ``sweep_series`` (the curves along a sweep axis: eps, poisoned
+fraction, victim sigma, target class); ``subset_acr`` and ``subset_acr_drop`` say how
+much the numbers depend on how many points were certified; ``perturbation_statistics``
+says how visible a poison set is (norms, PSNR, SSIM).
 
 Certification logs are the Cohen-compatible TSV ``idx label predict radius correct time``
 (a header line, then one row per point; ``time`` in seconds; Cohen's ``H:MM:SS.ffffff``
@@ -413,16 +415,38 @@ def paired_t_test(reference: Any, values: Any, *,
 # Rows of the evaluation protocol.
 
 
+# Row fields that tell apart victims of one training method, architecture and seed
+# (where a protocol's sweep put them: the certified class and the victim's training
+# sigma), and poison sets of one kind (their budget: eps and the poisoned fraction; None
+# in clean rows). Rows without these fields (a grid without sweeps) read None.
+VICTIM_FIELDS = ('target_class', 'victim_sigma')
+BUDGET_FIELDS = ('eps', 'poison_fraction')
+# The sweep axes of the protocol: each is a row field.
+SWEEP_AXES = ('eps', 'poison_fraction', 'victim_sigma', 'target_class')
+
+
 def _victim(row: Mapping[str, Any]) -> tuple[Any, ...]:
-  """What two rows of one victim training run share: method, architecture, seed."""
-  return (row['train_method'], row['arch'], row['seed'])
+  """What two rows of one victim training run share: method, architecture, seed,
+  certified class and training sigma (``VICTIM_FIELDS``)."""
+  return (row['train_method'], row['arch'], row['seed'],
+          *(row.get(k) for k in VICTIM_FIELDS))
+
+
+def victim_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+  """What the rows of one victim's training runs share (the clean row of a poisoned
+  one has the same key): method, architecture, seed and ``VICTIM_FIELDS``."""
+  return _victim(row)
+
+
+def _budget(row: Mapping[str, Any]) -> tuple[Any, ...]:
+  return tuple(row.get(k) for k in BUDGET_FIELDS)
 
 
 def add_acr_drops(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """Each row with ``acr_clean``, ``acr_drop`` (clean - poisoned) and
   ``acr_drop_relative`` ((clean - poisoned) / clean) against the clean row
-  (``poison == 'none'``) of the same training method, architecture and seed (NaN when
-  there is none)."""
+  (``poison == 'none'``) of the same training method, architecture, seed, target class
+  and victim sigma (NaN when there is none): one clean victim serves every budget."""
   clean = {_victim(r): r['acr'] for r in rows if r['poison'] == 'none'}
   out = []
   for r in rows:
@@ -438,25 +462,31 @@ def add_paired_comparisons(rows: Sequence[Mapping[str, Any]],
   """Each row with ``vs_clean`` and ``vs_random``, paired over the certified points.
 
   ``vs_clean`` (every poisoned row): ``paired_difference`` of the row's effective radii
-  against those of the clean victim of the same training method, architecture and
-  seed; its mean is ``acr - acr_clean``. ``vs_random`` (PACD rows): against the victim
-  trained on the ``baseline`` poisons with the same method, architecture and seed; a
-  negative mean is a larger drop than the baseline's. None where there is no such row.
+  against those of the clean victim of the same training method, architecture, seed,
+  target class and victim sigma; its mean is ``acr - acr_clean``. ``vs_random`` (PACD
+  rows): against the victim trained on the ``baseline`` poisons of the same budget
+  (eps, poisoned fraction) with the same method, architecture, seed, target class and
+  victim sigma; a negative mean is a larger drop than the baseline's. None where there
+  is no such row.
 
   Args:
-    rows: protocol rows (``cell``, ``poison``, ``train_method``, ``arch``, ``seed``).
+    rows: protocol rows (``cell``, ``poison``, ``train_method``, ``arch``, ``seed``, and
+      ``VICTIM_FIELDS`` and ``BUDGET_FIELDS`` where a sweep set them).
     radii: ``{cell: [m] effective radii}`` (``effective_radius``), the same m points in
-      the same order for every cell.
+      the same order for every pair of compared cells.
     baseline: the poison kind PACD is compared with.
   """
-  by_kind = {(r['poison'], *_victim(r)): r['cell'] for r in rows}
+  by_kind = {(r['poison'], *_victim(r), *_budget(r)): r['cell'] for r in rows}
+  unpoisoned = (None,) * len(BUDGET_FIELDS)
 
-  def compare(row, kind):
-    other = by_kind.get((kind, *_victim(row)))
+  def compare(row, kind, budget):
+    other = by_kind.get((kind, *_victim(row), *budget))
     return None if other is None else paired_difference(radii[other], radii[row['cell']])
 
-  return [dict(r, vs_clean=None if r['poison'] == 'none' else compare(r, 'none'),
-               vs_random=compare(r, baseline) if r['poison'] == 'pacd' else None)
+  return [dict(r, vs_clean=None if r['poison'] == 'none' else compare(r, 'none',
+                                                                      unpoisoned),
+               vs_random=(compare(r, baseline, _budget(r)) if r['poison'] == 'pacd'
+                          else None))
           for r in rows]
 
 
@@ -483,30 +513,36 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
                    baseline: str = 'random') -> list[dict[str, Any]]:
   """Rows grouped over victim seeds, with means and Student-t intervals.
 
-  One entry per training method x architecture x training set, in first-appearance
-  order, with ``train_method``, ``arch``, ``poison``, ``crafted_against``,
-  ``poison_set``, ``seeds``, ``num_certified``, ``time`` (summed) and:
+  One entry per training method x architecture x training set x setting (the rows'
+  ``VICTIM_FIELDS`` and ``BUDGET_FIELDS``), in first-appearance order, with
+  ``train_method``, ``arch``, ``poison``, ``crafted_against``, ``poison_set``, those
+  setting fields and ``sweep_axis`` (None where the rows have none), ``seeds``,
+  ``num_certified``, ``time`` (summed) and:
 
   * for each field m of ``AGGREGATED`` that every member has: ``m_mean``, ``m_std`` and
     ``m_ci`` (``t_interval``; std and ci None for one seed);
   * ``certified_accuracy_curve``: ``{'radius', 'mean', 'ci'}``, the interval per radius;
   * ``acr_vs_random`` (PACD entries): ``paired_t_test`` over the seeds of the members'
-    ACR against the ``baseline`` victims' of the same seeds (None without them).
+    ACR against the ``baseline`` victims' of the same seeds and setting (None without
+    them).
 
   Args:
     rows: protocol rows with drops (``add_acr_drops``).
     confidence: the intervals' coverage.
     baseline: the poison kind PACD is compared with.
   """
+  setting = VICTIM_FIELDS + BUDGET_FIELDS
   groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
   for r in rows:
-    groups.setdefault((r['train_method'], r['arch'], r['poison'], r['crafted_against']),
-                      []).append(r)
-  acr = {(r['poison'], *_victim(r)): r['acr'] for r in rows}
+    groups.setdefault((r['train_method'], r['arch'], r['poison'], r['crafted_against'],
+                       *(r.get(k) for k in setting)), []).append(r)
+  acr = {(r['poison'], *_victim(r), *_budget(r)): r['acr'] for r in rows}
   out = []
-  for (method, arch, poison, crafted_against), members in groups.items():
+  for (method, arch, poison, crafted_against, *values), members in groups.items():
     entry = {'train_method': method, 'arch': arch, 'poison': poison,
              'crafted_against': crafted_against, 'poison_set': members[0]['poison_set'],
+             **dict(zip(setting, values)),
+             'sweep_axis': members[0].get('sweep_axis'),
              'seeds': [int(m['seed']) for m in members],
              'num_certified': int(members[0]['num_certified']),
              'time': float(sum(m['time'] for m in members))}
@@ -517,8 +553,8 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
                       f'{name}_ci': s['ci']})
     entry['certified_accuracy_curve'] = _curve_interval(members, confidence)
     if poison == 'pacd':
-      pairs = [(acr[(baseline, *_victim(m))], m['acr']) for m in members
-               if (baseline, *_victim(m)) in acr]
+      pairs = [(acr[(baseline, *_victim(m), *_budget(m))], m['acr']) for m in members
+               if (baseline, *_victim(m), *_budget(m)) in acr]
       entry['acr_vs_random'] = (paired_t_test(*zip(*pairs), confidence=confidence)
                                 if pairs else None)
     out.append(entry)
@@ -549,6 +585,133 @@ def transfer_matrix(aggregates: Sequence[Mapping[str, Any]]) -> dict[str, Any] |
     ci[i][j] = a.get('acr_drop_relative_ci')
   return {'crafted_against': rows, 'victims': victims, 'acr_drop_relative': mean,
           'acr_drop_relative_ci': ci}
+
+
+def sweep_series(aggregates: Sequence[Mapping[str, Any]], axis: str, *,
+                 field: str = 'acr_drop_relative') -> list[dict[str, Any]]:
+  """The aggregates along one sweep axis, as curves of ``field`` with their intervals.
+
+  An aggregate lies on ``axis`` if its ``sweep_axis`` is ``axis`` or None (the base
+  point, which lies on every axis) and it has a value of ``axis`` (the clean victims
+  have no eps or poisoned fraction). One curve per poisoned training set (``poison``
+  and ``crafted_against``: PACD against each method, each random baseline) and victim
+  (``train_method``, ``arch``), in first-appearance order; clean entries are left out.
+
+  Args:
+    aggregates: ``aggregate_rows`` output of rows with the sweep fields.
+    axis: one of ``SWEEP_AXES``.
+    field: the aggregated field (its ``_mean`` and ``_ci``).
+
+  Returns:
+    ``[{'train_method', 'arch', 'poison', 'crafted_against', 'axis', 'values' (sorted
+    ascending), 'mean', 'ci' (None per value for one seed), 'seeds'}]``.
+  """
+  if axis not in SWEEP_AXES:
+    raise ValueError(f'axis={axis!r} is not known; accepted: {", ".join(SWEEP_AXES)}.')
+  curves: dict[tuple[Any, ...], dict[Any, Mapping[str, Any]]] = {}
+  for a in aggregates:
+    if a['poison'] == 'none' or a.get(axis) is None or \
+        a.get('sweep_axis') not in (None, axis):
+      continue
+    key = (a['train_method'], a['arch'], a['poison'], a['crafted_against'])
+    curves.setdefault(key, {})[a[axis]] = a
+  out = []
+  for (method, arch, poison, crafted_against), by_value in curves.items():
+    values = sorted(by_value)
+    out.append({'train_method': method, 'arch': arch, 'poison': poison,
+                'crafted_against': crafted_against, 'axis': axis, 'values': values,
+                'mean': [by_value[v].get(f'{field}_mean') for v in values],
+                'ci': [by_value[v].get(f'{field}_ci') for v in values],
+                'seeds': [list(by_value[v]['seeds']) for v in values]})
+  return out
+
+
+# ------------------------------------------------------------------------------------
+# How the number of certified points changes the numbers.
+
+
+def _subsets(n: int, m: int, num_seeds: int, first_seed: int) -> list[np.ndarray]:
+  """Seeded subsets of m of n points (``rsp.data.seeded_subset_indices``' draw), or
+  all n points once if m is 0 or at least n."""
+  if m <= 0 or m >= n:
+    return [np.arange(n)]
+  return [np.sort(np.random.default_rng(s).choice(n, size=m, replace=False))
+          for s in range(first_seed, first_seed + num_seeds)]
+
+
+def _check_subset_args(sizes: Sequence[int], num_seeds: int) -> None:
+  if not sizes or any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0
+                      for m in sizes):
+    raise ValueError(f'sizes={tuple(sizes)!r} must be integers >= 0 (0: all points), at '
+                     'least one.')
+  if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or \
+      num_seeds < 2:
+    raise ValueError(f'num_seeds={num_seeds!r} must be an integer >= 2 (subsets per '
+                     'size, for a spread).')
+
+
+def _spread(values: Sequence[float], reference: float, m: int, n: int) -> dict[str, Any]:
+  v = np.asarray(values, np.float64)
+  return {'m': int(n if m <= 0 or m >= n else m), 'all_points': bool(m <= 0 or m >= n),
+          'num_subsets': int(v.size), 'all': float(reference), 'mean': float(v.mean()),
+          'std': float(v.std(ddof=1)) if v.size >= 2 else 0.0,
+          'min': float(v.min()), 'max': float(v.max()),
+          'max_abs_deviation': float(np.max(np.abs(v - reference)))}
+
+
+def subset_acr(effective_radii: Any, sizes: Sequence[int] = (50, 100, 0), *,
+               num_seeds: int = 20, first_seed: int = 0) -> list[dict[str, Any]]:
+  """The ACR of seeded subsets of m of the certified points against that of all.
+
+  For each m of ``sizes``, the ACR (mean effective radius) of the subsets drawn with
+  the subset seeds ``first_seed, ..., first_seed + num_seeds - 1`` (as the protocol
+  draws its certified points: ``np.random.default_rng(seed).choice`` without
+  replacement), and its spread over the seeds: how far a certification of m points
+  could have landed from that of all of them.
+
+  Args:
+    effective_radii: ``[n]`` ``effective_radius`` of each certified point.
+    sizes: subset sizes; 0 (or >= n) is all n points (one "subset", no spread).
+    num_seeds: subsets per size.
+    first_seed: the first subset seed.
+
+  Returns:
+    Per size: ``{'m', 'all_points', 'num_subsets', 'all' (the ACR of all points),
+    'mean', 'std' (ddof 1), 'min', 'max', 'max_abs_deviation' (from 'all')}``.
+  """
+  _check_subset_args(sizes, num_seeds)
+  r = _floats(effective_radii)
+  if r.size == 0:
+    raise ValueError('effective_radii is empty; certify some points first.')
+  return [_spread([r[i].mean() for i in _subsets(r.size, int(m), num_seeds, first_seed)],
+                  r.mean(), int(m), r.size) for m in sizes]
+
+
+def subset_acr_drop(clean_radii: Any, poisoned_radii: Any,
+                    sizes: Sequence[int] = (50, 100, 0), *, num_seeds: int = 20,
+                    first_seed: int = 0) -> list[dict[str, Any]]:
+  """The relative ACR drop of a victim pair on seeded subsets of their points.
+
+  As ``subset_acr``, for ``(ACR clean - ACR poisoned) / ACR clean`` computed on the same
+  subset of both victims' points (paired, as the protocol certifies both on the same
+  points with the same noise).
+
+  Args:
+    clean_radii, poisoned_radii: ``[n]`` effective radii, point i in both.
+    sizes, num_seeds, first_seed: as ``subset_acr``.
+  """
+  _check_subset_args(sizes, num_seeds)
+  c, p = _floats(clean_radii), _floats(poisoned_radii)
+  if c.shape != p.shape or c.size == 0:
+    raise ValueError(f'clean_radii has {c.size} points and poisoned_radii {p.size}; a '
+                     'paired comparison needs the same points, at least one.')
+
+  def drop(i):
+    return compare_acr(c[i].mean(), p[i].mean())['acr_drop_relative']
+
+  everything = drop(np.arange(c.size))
+  return [_spread([drop(i) for i in _subsets(c.size, int(m), num_seeds, first_seed)],
+                  everything, int(m), c.size) for m in sizes]
 
 
 # ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Figures: certified accuracy against radius, and grids of (poisoned) images.
+"""Figures: certified accuracy against radius, grids of (poisoned) images, ACR drops (per
+cell, and along a sweep axis with confidence bands).
 
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through
 ``pyplot``: nothing here changes the global backend or leaks open figures, so the
@@ -240,5 +241,64 @@ def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = No
   ax.legend(fontsize='small')
   if title:
     ax.set_title(title)
+  _save(fig, path)
+  return fig
+
+
+def plot_sweep(series: Sequence[Mapping[str, Any]], path: str | None = None, *,
+               xlabel: str, ylabel: str = 'target-class ACR drop (%)',
+               categorical: bool = False, log_x: bool = False,
+               title: str | None = None) -> Figure:
+  """A relative ACR drop against a sweep axis, with its confidence band, per curve.
+
+  Args:
+    series: curves ``{'label', 'values' [k], 'mean' [k], 'ci' [k] ([low, high] or None:
+      one seed, no band)}`` (``rsp.metrics.sweep_series`` with a label), drops as
+      fractions (drawn in %); a None or NaN mean leaves a gap.
+    path: PNG to write; None to only return the figure.
+    xlabel: the axis.
+    ylabel: the quantity.
+    categorical: the values are categories (target classes): evenly spaced, each
+      curve's points side by side with error bars instead of lines and bands.
+    log_x: a logarithmic value axis (eps doubling from value to value).
+    title: plot title.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` (Agg canvas; no pyplot state).
+  """
+  if not series:
+    raise ValueError('series is empty; give at least one curve.')
+  as_float = lambda v: float('nan') if v is None else 100.0 * float(v)
+  fig = Figure(figsize=(6.0, 4.2), layout='constrained')
+  ax = fig.subplots()
+  categories = sorted({v for s in series for v in s['values']})
+  width = 0.8 / len(series)
+  for i, s in enumerate(series):
+    mean = np.asarray([as_float(m) for m in s['mean']])
+    low = np.asarray([as_float(c[0]) if c else np.nan for c in s['ci']])
+    high = np.asarray([as_float(c[1]) if c else np.nan for c in s['ci']])
+    color = f'C{i % 10}'
+    if categorical:
+      x = np.asarray([categories.index(v) for v in s['values']]) + (i + 0.5) * width - 0.4
+      yerr = np.vstack([np.where(np.isfinite(low), mean - low, 0.0),
+                        np.where(np.isfinite(high), high - mean, 0.0)])
+      ax.errorbar(x, mean, yerr=yerr, fmt='o', capsize=4, color=color, label=s['label'])
+    else:
+      x = np.asarray(s['values'], np.float64)
+      ax.plot(x, mean, marker='o', color=color, label=s['label'])
+      if np.any(np.isfinite(low)):
+        ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+  if categorical:
+    ax.set_xticks(np.arange(len(categories)), [f'{v:g}' for v in categories])
+  elif log_x:
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(categories, [f'{v:g}' for v in categories])
+  ax.axhline(0.0, color='black', linewidth=0.8)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize='small')
+  if title:
+    ax.set_title(title, fontsize='medium')
   _save(fig, path)
   return fig

@@ -2,18 +2,24 @@
 
 ``write_results(workdir, results)`` writes what ``rsp.protocol.run_protocol`` returns as
 ``results.json`` and renders it as ``results.md`` (``results_markdown``, the tables a
-person reads); ``make_figures`` draws the figures with ``rsp.plotting``;
-``machine_info`` records what the numbers were measured on. Nothing here computes a
-statistic: the numbers come from ``rsp.metrics``.
+person reads, a table per sweep axis among them); ``make_figures`` draws the figures
+with ``rsp.plotting``; ``machine_info`` records what the numbers were measured on;
+``certification_settings`` tabulates how the number of certified points and of noise
+samples change a finished workdir's numbers. Nothing here computes a statistic: the
+numbers come from ``rsp.metrics``.
 
 ``results.json`` holds ``config`` (the protocol config), ``rows`` (one per certified
 victim: ``rsp.protocol.run_cell``'s, plus ``acr_clean``, ``acr_drop``,
 ``acr_drop_relative`` from ``rsp.metrics.add_acr_drops`` and ``vs_clean``,
 ``vs_random`` from ``rsp.metrics.add_paired_comparisons``), ``aggregates`` (over seeds,
-``rsp.metrics.aggregate_rows``), ``transfer_matrix`` (or None), ``poisons`` (per poison
-set: ``poison``, ``crafted_against``, ``path``, ``metadata``, attack ``seconds``,
+``rsp.metrics.aggregate_rows``), ``transfer_matrix`` (of the base point, or None),
+``sweeps`` (per sweep axis: ``rsp.metrics.sweep_series``, the curves of the relative
+ACR drop), ``poisons`` (per poison set: ``poison``, ``crafted_against``, ``setting``
+(its departures from the base budget), ``path``, ``metadata``, attack ``seconds``,
 ``statistics`` from ``rsp.metrics.perturbation_statistics``), ``certified_points``
-(test indices), ``machine``, ``total_seconds`` (recorded compute of attacks and cells),
+(test indices of the base target class) and ``certified_points_by_class``,
+``missing`` (``poison_sets`` and ``cells`` not finished: a report of a grid still
+running), ``machine``, ``total_seconds`` (recorded compute of attacks and cells),
 ``wall_seconds`` (the invocation) and ``figures`` (paths relative to the workdir).
 
 Every aggregated cell shows the mean over victim seeds and, with two seeds or more, its
@@ -25,11 +31,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from rsp import metrics
 from rsp import plotting
 from rsp import version
 from rsp import workdir as workdir_lib
@@ -44,6 +52,13 @@ POISON_LABELS = {
 }
 # The radii of the certified-accuracy table (those the rows' curves hold).
 TABLE_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# The sweep axes: a short name (in labels) and an axis title (in tables and figures).
+AXIS_NAMES = {'eps': 'eps', 'poison_fraction': 'fraction', 'victim_sigma': 'sigma',
+              'target_class': 'class'}
+AXIS_TITLES = {'eps': 'eps (L-inf budget)',
+               'poison_fraction': 'poisoned fraction of the class',
+               'victim_sigma': "victims' sigma (training and certification)",
+               'target_class': 'target class'}
 
 
 class FigureError(RuntimeError):
@@ -138,8 +153,21 @@ def _cell(a: Mapping[str, Any], name: str, *, percent: bool = False) -> str:
   return format_interval(a.get(f'{name}_mean'), a.get(f'{name}_ci'), percent=percent)
 
 
+def setting_label(entry: Mapping[str, Any]) -> str:
+  """Where a row, aggregate or poison set departs from the base point: ``'eps 0.05'``,
+  ``'class 3'``; '' on the base point."""
+  axis = entry.get('sweep_axis')
+  if axis is None and entry.get('setting'):  # A poison set's departures.
+    return ', '.join(f'{AXIS_NAMES[a]} {v:g}' for a, v in entry['setting'].items())
+  if axis not in AXIS_NAMES or entry.get(axis) is None:
+    return ''
+  return f'{AXIS_NAMES[axis]} {entry[axis]:g}'
+
+
 def _who(a: Mapping[str, Any]) -> list[str]:
-  return [a['train_method'], a['arch'], poison_label(a['poison'], a['crafted_against'])]
+  label = poison_label(a['poison'], a['crafted_against'])
+  where = setting_label(a)
+  return [a['train_method'], a['arch'], f'{label}, {where}' if where else label]
 
 
 # ------------------------------------------------------------------------------------
@@ -210,11 +238,62 @@ def _poison_table(poisons: Mapping[str, Mapping[str, Any]]) -> list[str]:
   for p in poisons.values():
     s = p['statistics']
     psnr = f'{s["psnr_mean"]:.1f}' if _finite(s['psnr_mean']) else 'inf'
-    body.append([poison_label(p['poison'], p['crafted_against']), str(s['num_images']),
+    label = poison_label(p['poison'], p['crafted_against'])
+    where = setting_label(p)
+    body.append([f'{label}, {where}' if where else label, str(s['num_images']),
                  f'{s["linf"]:.4f}', f'{s["l2_mean"]:.3f}', psnr, f'{s["ssim_mean"]:.3f}',
                  f'{s["mean_delta"]:+.4f}'])
   return _table(['poison set', 'images', 'L-inf', 'mean L2', 'PSNR (dB)', 'SSIM',
                  'mean change'], body)
+
+
+def _series_label(series: Mapping[str, Any], several_victims: bool) -> str:
+  label = poison_label(series['poison'], series['crafted_against'])
+  return f'{label}, {series["train_method"]}/{series["arch"]}' if several_victims \
+      else label
+
+
+def _sweep_table(axis: str, curves: Sequence[Mapping[str, Any]]) -> list[str]:
+  """One row per value of the axis; one column per curve (PACD, random, ...)."""
+  several = len({(c['train_method'], c['arch']) for c in curves}) > 1
+  values = sorted({v for c in curves for v in c['values']})
+  body = []
+  for v in values:
+    cells = []
+    for c in curves:
+      i = c['values'].index(v) if v in c['values'] else None
+      cells.append('-' if i is None else
+                   format_interval(c['mean'][i], c['ci'][i], percent=True))
+    body.append([f'{v:g}'] + cells)
+  return _table([AXIS_TITLES[axis]] + [f'{_series_label(c, several)}: ACR drop'
+                                       for c in curves], body)
+
+
+def _sweep_section(results: Mapping[str, Any]) -> list[str]:
+  sweeps = {axis: curves for axis, curves in (results.get('sweeps') or {}).items()
+            if curves}
+  if not sweeps:
+    return []
+  lines = ['', '## Sweeps', '',
+           'The relative target-class ACR drop along each sweep axis, the others at the '
+           'base point (its value is on every axis); every drop against the clean victim '
+           'of the same seed, target class and victim sigma; the random baseline of the '
+           'same budget (eps, poisoned fraction) beside PACD.']
+  for axis, curves in sweeps.items():
+    lines += ['', f'### {AXIS_TITLES[axis]}', ''] + _sweep_table(axis, curves)
+  return lines
+
+
+def _missing_section(missing: Mapping[str, Sequence[str]] | None) -> list[str]:
+  missing = {k: v for k, v in (missing or {}).items() if v}
+  if not missing:
+    return []
+  lines = ['**Incomplete:** the numbers below are those of the finished cells only; '
+           'not finished yet:', '']
+  for what, names in missing.items():
+    lines.append(f'* {what.replace("_", " ")} ({len(names)}): '
+                 + ', '.join(f'`{n}`' for n in names))
+  return lines + ['']
 
 
 def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True) -> str:
@@ -234,17 +313,26 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
             if most_seeds >= 2 else
             'One victim seed: each cell is that victim\'s value (no interval over seeds; '
             'see the paired per-point comparisons below).')
+  fraction = cfg.get('poison_fraction', 1.0)
+  budget = f'L-inf budget eps = {cfg["eps"]}' + (
+      f', a fraction {fraction:g} of the class poisoned' if fraction != 1.0 else '')
+  axes = [AXIS_TITLES[a] for a, curves in (results.get('sweeps') or {}).items()]
+  if axes:
+    budget = (f'base point: {budget}, victims at their configured sigma; swept one at a '
+              f'time: {"; ".join(axes)}')
   lines = [
       f'# PACD evaluation protocol: {cfg["name"]}', '',
       f'Data `{cfg["dataset"]}` (data seed {cfg["data_seed"]}), target class '
-      f'{cfg["target_class"]}, L-inf budget eps = {cfg["eps"]}. Every victim is trained '
+      f'{cfg["target_class"]}, {budget}. Every victim is trained '
       f'from scratch and certified (Cohen et al. CERTIFY, N0 = {c["n0"]}, N = {c["n"]}, '
       f'alpha = {c["alpha"]}, at its training sigma) on the same '
       f'{len(results["certified_points"])} target-class test points (subset seed '
       f'{c["subset_seed"]}) with the same noise per point. ACR drop: (ACR clean - ACR '
       'poisoned) / ACR clean against the clean victim of the same training method, '
-      f'architecture and seed. {spread}', '',
-      '## Target-class certification', '']
+      'architecture and seed' + (', target class and victim sigma' if axes else '')
+      + f'. {spread}', '']
+  lines += _missing_section(results.get('missing'))
+  lines += ['## Target-class certification', '']
   lines += _main_table(aggregates, ' [95% CI]' if most_seeds >= 2 else '')
   lines += ['', '## Per victim, paired over the certified points', '',
             'Effective radius R 1[correct] of each point (its term of the ACR) minus that '
@@ -267,10 +355,13 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
               'Rows: the training method the poisons were crafted against; columns: the '
               'victim (training method / architecture).', '']
     lines += _transfer_table(matrix)
+  lines += _sweep_section(results)
   if results['poisons']:
     lines += ['', '## Poisons: perturbation statistics', ''] + _poison_table(
         results['poisons'])
-  times = [f'{poison_label(p["poison"], p["crafted_against"])} {_duration(p["seconds"])}'
+  times = [f'{poison_label(p["poison"], p["crafted_against"])}'
+           + (f' ({setting_label(p)})' if setting_label(p) else '')
+           + f' {_duration(p["seconds"])}'
            for p in results['poisons'].values() if p.get('seconds')]
   lines += ['', '## Machine and time', '',
             f'{machine["cpu"]} ({machine["cpu_count"]} cores), devices '
@@ -318,7 +409,13 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
     which is the mean curve over seeds);
   * ``poisons_<set>.png``: clean images, poisoned images and the amplified perturbation
     (the first ``config.num_figure_images`` images that the poisons changed);
-  * ``acr_drop.png``: the relative ACR drop per poisoned cell, with its interval.
+  * ``acr_drop.png``: the relative ACR drop per poisoned cell, with its interval;
+  * ``sweep_<axis>.png`` for each sweep axis: the relative ACR drop against the axis,
+    with its 95% confidence band over the seeds, one curve per poisoned training set
+    (PACD beside the random baseline of the same budget).
+
+  The certified-accuracy and ACR-drop figures show the base point of a sweep (its
+  other points are in the sweep figures).
 
   Args:
     results: the protocol's results (``config``, ``rows``, ``aggregates``).
@@ -333,10 +430,11 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
   cfg = results['config']
   workdir_lib.ensure_directory(os.path.join(workdir, 'figures'), name='figures directory')
   out = []
-  rows = results['rows']
+  rows = [r for r in results['rows'] if r.get('sweep_axis') is None]
+  aggregates = [a for a in results['aggregates'] if a.get('sweep_axis') is None]
   for arch in dict.fromkeys(r['arch'] for r in rows):
     panels: dict[str, dict[str, Any]] = {}
-    for a in results['aggregates']:
+    for a in aggregates:
       if a['arch'] != arch:
         continue
       members = [points[r['cell']] for r in rows if
@@ -361,14 +459,163 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
     plotting.plot_poison_examples(
         p.clean_images[shown], p.poisons[shown], os.path.join(workdir, rel),
         num_images=cfg['num_figure_images'],
-        title=f'{poison_label(p.poison, p.crafted_against)}: max |delta| = '
+        title=f'{poison_label(p.poison, p.crafted_against)}'
+              + (f' ({setting_label({"setting": p.setting})})' if p.setting else '')
+              + ': max |delta| = '
               f'{float(np.abs(p.poisons - p.clean_images).max()):.3g}')
     out.append(rel)
-  if any(a['poison'] != 'none' for a in results['aggregates']):
+  if any(a['poison'] != 'none' for a in aggregates):
     rel = os.path.join('figures', 'acr_drop.png')
     plotting.plot_acr_drop(
-        results['aggregates'], os.path.join(workdir, rel),
+        aggregates, os.path.join(workdir, rel),
         label=lambda a: poison_label(a['poison'], a['crafted_against']),
         title=f'{cfg["name"]}: target-class ACR drop')
     out.append(rel)
+  for axis, curves in (results.get('sweeps') or {}).items():
+    if not curves:
+      continue
+    several = len({(c['train_method'], c['arch']) for c in curves}) > 1
+    rel = os.path.join('figures', f'sweep_{axis}.png')
+    plotting.plot_sweep(
+        [dict(c, label=_series_label(c, several)) for c in curves],
+        os.path.join(workdir, rel), xlabel=AXIS_TITLES[axis],
+        categorical=axis == 'target_class', log_x=axis == 'eps',
+        title=f'{cfg["name"]}: target-class ACR drop against the '
+              f'{AXIS_NAMES[axis]} (95% CI over seeds)')
+    out.append(rel)
   return out
+
+
+# ------------------------------------------------------------------------------------
+# Certification settings that change the numbers.
+
+CERTIFICATION_SETTINGS = 'certification_settings'
+# experiments/certify.py runs on the cells' checkpoints at N noise samples:
+# WORKDIR/certify_n<N>/<cell>/summary.json.
+_CERTIFY_N_DIR = re.compile(r'certify_n(\d+)')
+
+
+def _spread_text(s: Mapping[str, Any], *, percent: bool = False) -> str:
+  if not _finite(s.get('mean')):
+    return '-'
+  scale, d = (100.0, 1) if percent else (1.0, 3)
+  unit = '%' if percent else ''
+  if s['all_points']:
+    return f'{scale * s["all"]:.{d}f}{unit}'
+  return (f'{scale * s["mean"]:.{d}f}{unit} ± {scale * s["std"]:.{d}f} '
+          f'[{scale * s["min"]:.{d}f}, {scale * s["max"]:.{d}f}]')
+
+
+def _noise_sample_runs(workdir: str) -> dict[int, dict[str, dict[str, Any]]]:
+  """``{N: {cell: summary}}`` of the ``certify_n<N>/<cell>/summary.json`` found."""
+  out: dict[int, dict[str, dict[str, Any]]] = {}
+  for name in sorted(os.listdir(workdir)):
+    match = _CERTIFY_N_DIR.fullmatch(name)
+    if not match or not os.path.isdir(os.path.join(workdir, name)):
+      continue
+    for cell in sorted(os.listdir(os.path.join(workdir, name))):
+      path = os.path.join(workdir, name, cell, 'summary.json')
+      if os.path.isfile(path):
+        out.setdefault(int(match.group(1)), {})[cell] = workdir_lib.read_json(path)
+  return dict(sorted(out.items()))
+
+
+def certification_settings(workdir: str, *, sizes: Sequence[int] = (50, 100, 0),
+                           num_seeds: int = 20) -> dict[str, Any]:
+  """How the certification settings change a finished protocol's numbers.
+
+  Reads the workdir only (``results.json``, the cells' ``certify.tsv``), computes with
+  ``rsp.metrics.subset_acr`` / ``subset_acr_drop``, and writes
+  ``certification_settings.json`` and ``certification_settings.md``:
+
+  * ``subsets``: per cell, the ACR of seeded subsets of m of its certified points
+    (``sizes``; 0: all) with its spread over ``num_seeds`` subset seeds; per poisoned
+    cell with a clean victim (same method, architecture, seed, class, sigma), the
+    relative ACR drop on the same subsets of both;
+  * ``noise_samples``: per N of the ``certify_n<N>/<cell>/`` runs found (made with
+    ``experiments/certify.py --config.n=N`` on ``cells/<cell>/train``), each cell's
+    ACR, and each poisoned cell's drop against its clean victim at the same N.
+
+  Args:
+    workdir: a protocol workdir holding ``results.json``.
+    sizes: subset sizes m (0: all points).
+    num_seeds: subsets per size (>= 2).
+
+  Returns:
+    ``{'sizes', 'num_seeds', 'subsets': {cell: {'acr': [...], 'acr_drop': [...] or
+    None}}, 'noise_samples': {N: {cell: {'acr', 'num_points', 'acr_drop_relative'}}}}``.
+  """
+  results = load_results(workdir)
+  rows = results['rows']
+  clean = {metrics.victim_key(r): r['cell'] for r in rows if r['poison'] == 'none'}
+  partner = {r['cell']: clean.get(metrics.victim_key(r)) for r in rows
+             if r['poison'] != 'none'}
+  radii = {}
+  for r in rows:
+    a = metrics.rows_to_arrays(metrics.read_certification_tsv(
+        os.path.join(workdir, 'cells', r['cell'], 'certify.tsv')))
+    radii[r['cell']] = metrics.effective_radius(a['radius'], a['correct'])
+  subsets = {cell: {'acr': metrics.subset_acr(values, sizes, num_seeds=num_seeds),
+                    'acr_drop': (None if partner.get(cell) is None else
+                                 metrics.subset_acr_drop(radii[partner[cell]], values,
+                                                         sizes, num_seeds=num_seeds))}
+             for cell, values in radii.items()}
+  noise = {}
+  for n, runs in _noise_sample_runs(workdir).items():
+    noise[str(n)] = {}
+    for cell, summary in runs.items():
+      reference = runs.get(partner.get(cell) or '')
+      drop = (metrics.compare_acr(reference['acr'], summary['acr'])['acr_drop_relative']
+              if reference else None)
+      noise[str(n)][cell] = {'acr': summary['acr'], 'num_points': summary['num_points'],
+                             'acr_drop_relative': drop}
+  out = {'sizes': [int(m) for m in sizes], 'num_seeds': int(num_seeds),
+         'subsets': subsets, 'noise_samples': noise}
+  workdir_lib.write_json(os.path.join(workdir, f'{CERTIFICATION_SETTINGS}.json'), out)
+  workdir_lib.write_text(os.path.join(workdir, f'{CERTIFICATION_SETTINGS}.md'),
+                         certification_settings_markdown(out, results['config']['name']))
+  return out
+
+
+def certification_settings_markdown(analysis: Mapping[str, Any], name: str = '') -> str:
+  """``certification_settings``'s result as the tables of its ``.md`` file."""
+  lines = [f'# Certification settings that change the numbers: {name}', '',
+           '## How many points are certified', '',
+           f'ACR of seeded subsets of m of each cell\'s certified points '
+           f'({analysis["num_seeds"]} subset seeds): mean ± standard deviation [min, max] '
+           'over the seeds; "all": the ACR of every certified point.', '']
+  subsets = analysis['subsets']
+  if subsets:
+    first = next(iter(subsets.values()))['acr']
+    header = ['cell'] + [('all' if s['all_points'] else f'm = {s["m"]}') + ' ACR'
+                         for s in first]
+    lines += _table(header, [[f'`{c}`'] + [_spread_text(s) for s in v['acr']]
+                             for c, v in subsets.items()])
+    drops = {c: v['acr_drop'] for c, v in subsets.items() if v['acr_drop']}
+    if drops:
+      lines += ['', 'Relative ACR drop against the clean victim, on the same subset of '
+                'both victims\' points:', '']
+      lines += _table(['poisoned cell'] + [h.replace('ACR', 'drop') for h in header[1:]],
+                      [[f'`{c}`'] + [_spread_text(s, percent=True) for s in v]
+                       for c, v in drops.items()])
+  noise = analysis['noise_samples']
+  lines += ['', '## How many noise samples', '']
+  if not noise:
+    lines += ['No `certify_n<N>/<cell>/` runs in the workdir (see the commands in '
+              'rsp/configs/protocol_sweep.py).']
+  else:
+    ns = list(noise)
+    cells = list(dict.fromkeys(c for runs in noise.values() for c in runs))
+    body = []
+    for cell in cells:
+      entries = [noise[n].get(cell) for n in ns]
+      body.append([f'`{cell}`'] + [
+          '-' if e is None else format_interval(e['acr']) + (
+              '' if e['acr_drop_relative'] is None else
+              f' (drop {format_interval(e["acr_drop_relative"], percent=True)})')
+          for e in entries])
+    lines += ['ACR of each cell certified again at N noise samples (same points, same '
+              'noise key), and the relative drop against its clean victim at the same N:',
+              '']
+    lines += _table(['cell'] + [f'N = {int(n):,}' for n in ns], body)
+  return '\n'.join(lines) + '\n'

@@ -27,6 +27,7 @@ CONFIGS = {
     'poison_cifar10': (common.ATTACK_METHODS, common.MODES, 'gaussian,paper'),
     'protocol': (None, common.CPU_MODES, 'small'),
     'protocol_transfer': (None, common.CPU_MODES, 'small'),
+    'protocol_sweep': (None, common.CPU_MODES, 'small'),
     'protocol_mnist_paper': (None, ('paper',), 'paper'),
     'protocol_cifar10_paper': (None, ('paper',), 'paper'),
 }

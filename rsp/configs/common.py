@@ -126,6 +126,8 @@ def attack_base_config() -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()
   c.target_class = 8
   c.eps = 0.1                # L-inf budget of the poisons.
+  c.poison_fraction = 1.0    # Poison this fraction of the class's images, in (0, 1].
+  c.poison_subset_seed = 0   # Seeds which images a fraction < 1 poisons.
   a = c.attack = ml_collections.ConfigDict()
   a.method = 'gaussian'      # The victim's training method the attack targets.
   a.sigma = 0.5              # Noise level of the outer surrogate.

@@ -35,8 +35,11 @@ writes ``WORKDIR/results.json``, ``WORKDIR/results.md`` and ``WORKDIR/figures/``
 restarting with the same workdir resumes and redoes nothing that is done.
 
 Other protocol configs build on ``build_config`` below: ``protocol_transfer.py`` (3x3
-attack-method x training-method matrix, other architectures), ``protocol_mnist_paper.py``
-and ``protocol_cifar10_paper.py`` (paper scale, GPU).
+attack-method x training-method matrix, other architectures), ``protocol_sweep.py``
+(the ACR drop along eps, the poisoned fraction, the victims' sigma and the target
+class), ``protocol_mnist_paper.py`` and ``protocol_cifar10_paper.py`` (paper scale,
+GPU). Any of them fans out over processes or machines with ``--workers=K`` or
+``--shard=i/N`` (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -96,6 +99,11 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   c.seed = 0               # Seeds the random baselines' noise.
   c.target_class = target_class
   c.eps = eps              # L-inf budget of every poison set (PACD and random).
+  # Poison this fraction of the target class's training images, in (0, 1] (PACD and
+  # the random baselines alike: the same round(f * n) images, drawn by
+  # poison_subset_seed); the rest of the class stays clean.
+  c.poison_fraction = 1.0
+  c.poison_subset_seed = 0
   # Training sets of the victims: 'none' (clean), 'pacd', 'random' (+-eps sign noise,
   # clipped), 'random_uniform' (U[-eps, eps], clipped), 'random_zero_mean' (+-eps sign
   # noise on the pixels in [eps, 1 - eps] only: no clipping, zero mean), 'no_target'
@@ -111,6 +119,17 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   c.other_arch_methods = ()  # Training methods of archs[1:] victims; () = all.
   c.seeds = tuple(seeds)   # Victim seeds (initialisation, batches, noise); mean +- std.
   c.certify = certify
+  # Sweeps, one axis at a time around the base point above (eps, poison_fraction, the
+  # victims' training sigma, target_class): axes names which of the value lists below
+  # to run, e.g. --config.sweep.axes=eps; () runs the base point only. victim_sigma
+  # trains and certifies the victims at each sigma on the poisons made at the
+  # attack's own sigma (rsp/configs/protocol_sweep.py).
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.axes = ()
+  c.sweep.eps = ()
+  c.sweep.poison_fraction = ()
+  c.sweep.victim_sigma = ()
+  c.sweep.target_class = ()
   c.figures = True
   c.num_figure_images = 8
   return c
