@@ -1,4 +1,4 @@
-r"""The whole evaluation protocol: ``rsp.protocol.run_command(config, workdir, ...)``.
+r"""The whole evaluation protocol: ``rsp.fanout.run_command(config, workdir, ...)``.
 
     python experiments/run.py --config=rsp/configs/protocol.py \
         --workdir=/tmp/rsp/protocol
@@ -11,7 +11,7 @@ resumes: finished poisons, victims and certificates are not redone.
 Fan-out over processes or machines that share the workdir (docs/cluster.md):
 
 * ``--workers=K --executor=local|slurm``: launches K work-stealing workers through
-  submitit (``rsp.protocol.launch``: the config and workdir are checked once first),
+  submitit (``rsp.fanout.launch``: the config and workdir are checked once first),
   waits for them and reports; SLURM options ``--partition``, ``--gpus_per_worker``,
   ``--timeout_min``, ``--cpus_per_worker``, ``--mem_gb``.
 * ``--shard=i/N``: this process is one worker, on cells i, i + N, ... (a hand-made job
@@ -26,8 +26,8 @@ worker's one is taken over once ``--lease_seconds`` have passed without a heartb
 from absl import app
 from absl import flags
 
+from rsp import fanout
 from rsp import grid
-from rsp import protocol
 from rsp import scripts
 
 _WORKDIR = scripts.define_flags(
@@ -58,7 +58,7 @@ def main(argv):
                 cpus_per_worker=_CPUS.value, mem_gb=_MEM.value)
   if _PARTITION.value:
     submit['slurm_kwargs'] = {'partition': _PARTITION.value}
-  print(protocol.run_command(
+  print(fanout.run_command(
       flags.FLAGS.config, _WORKDIR.value, shard=_SHARD.value, report_only=_REPORT.value,
       workers=_WORKERS.value, executor=_EXECUTOR.value, lease_seconds=_LEASE.value,
       **submit))

@@ -1,4 +1,4 @@
-"""The protocol fanned out over workers that share a workdir (rsp.protocol.run_worker,
+"""The protocol fanned out over workers that share a workdir (rsp.fanout.run_worker,
 report_protocol, launch; experiments/run.py --report), and the certification-settings
 analysis of a finished workdir.
 
@@ -22,6 +22,7 @@ import pytest
 
 from rsp import certification
 from rsp import data
+from rsp import fanout
 from rsp import grid
 from rsp import metrics
 from rsp import protocol
@@ -73,7 +74,7 @@ def two_workers(tmp_path_factory):
   patch.setenv('JAX_PLATFORMS', 'cpu')
   patch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   try:
-    results = protocol.launch(tiny_grid(), workdir, workers=2, executor='local',
+    results = fanout.launch(tiny_grid(), workdir, workers=2, executor='local',
                               lease_seconds=LEASE, poll_seconds=0.2, gpus_per_worker=0,
                               timeout_min=20)
   finally:
@@ -121,17 +122,17 @@ def test_report_computes_nothing_and_lists_what_is_missing(two_workers, tmp_path
   for module, name in ((train, 'train'), (certification, 'certify_dataset'),
                        (protocol, 'make_poison_set')):
     monkeypatch.setattr(module, name, None)
-  reported = protocol.report_protocol(tiny_grid(), copy)
+  reported = fanout.report_protocol(tiny_grid(), copy)
   assert reported['missing'] == {'poison_sets': [], 'cells': [CELLS[2]]}
   assert _same(_without_times(reported['rows']), _without_times(results['rows'][:2]))
   with open(os.path.join(copy, 'results.md')) as f:
     markdown = f.read()
   assert '**Incomplete:**' in markdown and f'`{CELLS[2]}`' in markdown
-  status = protocol.grid_status(tiny_grid(), copy, lease_seconds=LEASE)
+  status = fanout.grid_status(tiny_grid(), copy, lease_seconds=LEASE)
   assert status.splitlines()[0] == '5 items: 4 done, 0 running, 0 abandoned, 1 todo'
   assert f'todo      {CELLS[2]}' in status
   with pytest.raises(ValueError, match='holds no protocol run'):
-    protocol.report_protocol(tiny_grid(), str(tmp_path / 'empty'))
+    fanout.report_protocol(tiny_grid(), str(tmp_path / 'empty'))
   assert not os.path.exists(tmp_path / 'empty')
 
 
@@ -149,15 +150,15 @@ def test_shards_split_the_cells(one_worker, tmp_path, monkeypatch):
   workdir, results = one_worker
   copy = _unfinished_copy(workdir, tmp_path, 'shards')
   monkeypatch.setattr(train, 'train', None)  # Resumes: nothing is trained again.
-  first = protocol.run_worker(tiny_grid(), copy, shard='1/2', lease_seconds=LEASE)
+  first = fanout.run_worker(tiny_grid(), copy, shard='1/2', lease_seconds=LEASE)
   assert first == {'poison_sets': [], 'cells': [CELLS[1]]}
-  second = protocol.run_worker(tiny_grid(), copy, shard='0/2', lease_seconds=LEASE)
+  second = fanout.run_worker(tiny_grid(), copy, shard='0/2', lease_seconds=LEASE)
   assert second == {'poison_sets': [], 'cells': [CELLS[0], CELLS[2]]}
   assert sorted(protocol.compute_records(copy)) == sorted(CELLS)
-  reported = protocol.report_protocol(tiny_grid(), copy)
+  reported = fanout.report_protocol(tiny_grid(), copy)
   assert _same(_without_times(reported['rows']), _without_times(results['rows']))
   with pytest.raises(ValueError, match=r"--shard='2/2' is not a shard"):
-    protocol.run_worker(tiny_grid(), copy, shard='2/2')
+    fanout.run_worker(tiny_grid(), copy, shard='2/2')
 
 
 def test_a_dead_workers_cell_is_taken_over_and_a_live_ones_left(one_worker, tmp_path,
@@ -169,12 +170,12 @@ def test_a_dead_workers_cell_is_taken_over_and_a_live_ones_left(one_worker, tmp_
       copy, CELLS[1], lease_seconds=LEASE)
   old = time.time() - 3600  # The first claim's worker died an hour ago.
   os.utime(dead.path, (old, old))
-  done = protocol.run_worker(tiny_grid(), copy, lease_seconds=LEASE)
+  done = fanout.run_worker(tiny_grid(), copy, lease_seconds=LEASE)
   assert done['cells'] == [CELLS[0], CELLS[2]]  # The live worker's cell is left to it.
-  status = protocol.grid_status(tiny_grid(), copy, lease_seconds=LEASE)
+  status = fanout.grid_status(tiny_grid(), copy, lease_seconds=LEASE)
   assert f'running   {CELLS[1]}' in status
   live.release()
-  assert protocol.run_worker(tiny_grid(), copy, lease_seconds=LEASE)['cells'] == [
+  assert fanout.run_worker(tiny_grid(), copy, lease_seconds=LEASE)['cells'] == [
       CELLS[1]]
   assert {k: len(v) for k, v in protocol.compute_records(copy).items()} == {
       c: 1 for c in CELLS}
@@ -195,7 +196,7 @@ def test_a_dead_workers_cell_is_taken_over_and_a_live_ones_left(one_worker, tmp_
 def test_flags_that_do_not_go_together_are_refused(tmp_path, kwargs, match, monkeypatch):
   monkeypatch.setattr(data, 'load', None)  # Refused before any work.
   with pytest.raises(ValueError, match=match):
-    protocol.run_command(tiny_grid(), str(tmp_path / 'never'), **kwargs)
+    fanout.run_command(tiny_grid(), str(tmp_path / 'never'), **kwargs)
   assert not os.path.exists(tmp_path / 'never')
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from rsp import attack
 from rsp import baselines
+from rsp import cells as cells_lib
 from rsp import data
 from rsp import protocol
 from rsp.configs import poison_mnist
@@ -102,8 +103,8 @@ def test_pacd_optimises_only_the_drawn_fraction(splits, tmp_path):
       name='pacd_gaussian', poison='pacd', crafted_against='gaussian',
       indices=f['indices'], poisons=f['poisons'], clean_images=f['clean_images'],
       metadata=meta, path=result.path)
-  cell = protocol.Cell('gaussian', 'lenet', 'pacd', 'gaussian', 0)
-  victim = protocol.victim_config(protocol_config.get_config('tiny'), cell)
+  cell = cells_lib.Cell('gaussian', 'lenet', 'pacd', 'gaussian', 0)
+  victim = cells_lib.victim_config(protocol_config.get_config('tiny'), cell)
   victim.train_subset = 0
   train = protocol.training_set(cell, splits['train'], {'pacd_gaussian': poison_set},
                                 victim)
@@ -130,13 +131,13 @@ def test_protocol_fraction_reaches_the_attack_and_the_spec():
   config.poison_fraction = 0.5
   config.poison_subset_seed = 2
   protocol.validate_config(config)
-  key = protocol.PoisonKey('pacd', 'gaussian')
-  a = protocol.attack_config(config, 'gaussian', key)
+  key = cells_lib.PoisonKey('pacd', 'gaussian')
+  a = cells_lib.attack_config(config, 'gaussian', key)
   assert (a.poison_fraction, a.poison_subset_seed, a.eps, a.target_class) == (0.5, 2,
                                                                               0.1, 8)
-  spec = protocol.poison_spec(config, key)
+  spec = cells_lib.poison_spec(config, key)
   assert (spec['poison_fraction'], spec['poison_subset_seed']) == (0.5, 2)
   # At fraction 1 neither is recorded: a workdir made before fractions existed matches.
   config.poison_fraction = 1.0
-  assert 'poison_fraction' not in protocol.poison_spec(config, key)
-  assert 'poison_subset_seed' not in protocol.poison_spec(config, key)
+  assert 'poison_fraction' not in cells_lib.poison_spec(config, key)
+  assert 'poison_subset_seed' not in cells_lib.poison_spec(config, key)

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from rsp import attack
+from rsp import cells as cells_lib
 from rsp import certification
 from rsp import data
 from rsp import metrics
 from rsp import protocol
 from rsp import report
-from rsp import smoothing
 from rsp import train
 from rsp import workdir as workdir_lib
 from rsp.configs import common
@@ -324,9 +324,9 @@ def test_configs_validate_and_resolve_their_grids():
                                                                 10_000)
   for name, (config, num_cells) in grids.items():
     protocol.validate_config(config)
-    cells = protocol.resolve_cells(config)
-    assert len(cells) == num_cells, name
-    assert len({c.name for c in cells}) == num_cells
+    grid_cells = protocol.resolve_cells(config)
+    assert len(grid_cells) == num_cells, name
+    assert len({c.name for c in grid_cells}) == num_cells
   transfer = protocol.resolve_cells(protocol_transfer.get_config('small'))
   assert {(c.crafted_against, c.train_method) for c in transfer if c.arch == 'lenet' and
           c.poison == 'pacd'} == {(a, m) for a in common.ATTACK_METHODS
@@ -341,5 +341,5 @@ def test_configs_validate_and_resolve_their_grids():
       'gaussian-lenet-random-seed0', 'gaussian-lenet-random-seed1']
   with pytest.raises(ValueError, match='mode'):
     protocol_config.get_config('huge')
-  assert isinstance(protocol.victim_config(small, protocol.resolve_cells(small)[0]),
+  assert isinstance(cells_lib.victim_config(small, protocol.resolve_cells(small)[0]),
                     ml_collections.ConfigDict)

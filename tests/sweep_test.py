@@ -5,12 +5,12 @@ names and specs, the checks of config.sweep, and the rows' arithmetic along an a
 Nothing is trained: configs are resolved and synthetic rows are aggregated. Every
 assertion holds exactly: no test can fail by chance."""
 
-import os
 
 import ml_collections
 import numpy as np
 import pytest
 
+from rsp import cells as cells_lib
 from rsp import data
 from rsp import metrics
 from rsp import plotting
@@ -35,7 +35,7 @@ def test_each_axis_resolves_to_the_documented_grid(axes, attacks, victims):
   config = _sweep(axes)
   protocol.validate_config(config)
   cells = protocol.resolve_cells(config)
-  keys = protocol.poison_keys(config, cells)
+  keys = cells_lib.poison_keys(config, cells)
   assert len([k for k in keys if k.poison == 'pacd']) == attacks
   assert len(cells) == victims == len({c.name for c in cells})
   assert protocol_sweep.__doc__.count(f'| {attacks} | {victims} |') >= 1
@@ -44,7 +44,7 @@ def test_each_axis_resolves_to_the_documented_grid(axes, attacks, victims):
 def test_victims_and_attacks_are_shared_where_their_numbers_are():
   config = _sweep()
   cells = protocol.resolve_cells(config)
-  settings = {c: protocol.cell_setting(config, c) for c in cells}
+  settings = {c: cells_lib.cell_setting(config, c) for c in cells}
   # One clean victim per (method, arch, victim sigma, target class, seed), whatever the
   # eps or fraction ...
   clean = [(c.train_method, c.arch, s['victim_sigma'], s['target_class'], c.seed)
@@ -53,8 +53,8 @@ def test_victims_and_attacks_are_shared_where_their_numbers_are():
   assert all(s['eps'] is None and s['poison_fraction'] is None
              for c, s in settings.items() if c.poison == 'none')
   # ... one attack per (method, eps, fraction, target class), the victims' sigma aside.
-  keys = protocol.poison_keys(config, cells)
-  budgets = [(k.crafted_against, *protocol.poison_setting(config, k).values())
+  keys = cells_lib.poison_keys(config, cells)
+  budgets = [(k.crafted_against, *cells_lib.poison_setting(config, k).values())
              for k in keys if k.poison == 'pacd']
   assert len(budgets) == len(set(budgets)) == 8
   sigma_cells = [c for c in cells if c.victim_sigma is not None and c.poison == 'pacd']
@@ -80,13 +80,13 @@ def test_names_and_specs_carry_the_setting():
   assert cells['gaussian-lenet-pacd_gaussian-seed0'].sweep_axis is None
   assert cells['gaussian-lenet-random-frac0.25-seed1'].sweep_axis == 'poison_fraction'
   test = data.load('mnist_embedded', seed=0)['test']
-  points = protocol.certification_points(config, test, list(cells.values()))
+  points = cells_lib.certification_points(config, test, list(cells.values()))
   assert sorted(points) == [0, 3, 8]
   assert all(np.all(test['label'][p[0]] == cls) for cls, p in points.items())
 
   def spec(name):
     cell = cells[name]
-    return protocol.cell_spec(config, cell, *points[protocol.cell_setting(
+    return cells_lib.cell_spec(config, cell, *points[cells_lib.cell_setting(
         config, cell)['target_class']])
 
   base = spec('gaussian-lenet-pacd_gaussian-seed0')
@@ -102,18 +102,18 @@ def test_names_and_specs_carry_the_setting():
       int(i) for i in points[3][0]]
   # The victim of a sigma cell trains at that sigma; its poisons are the base attack's.
   sigma_cell = cells['gaussian-lenet-pacd_gaussian-sigma1-seed0']
-  victim = protocol.victim_config(config, sigma_cell)
+  victim = cells_lib.victim_config(config, sigma_cell)
   assert victim.loss.sigma == 1.0 and victim.target_class == 8
-  attack = protocol.attack_config(config, 'gaussian', sigma_cell.poison_key)
+  attack = cells_lib.attack_config(config, 'gaussian', sigma_cell.poison_key)
   assert attack.attack.sigma == 0.5 and attack.eps == 0.1
   class_cell = cells['gaussian-lenet-pacd_gaussian-class3-seed0']
-  attack = protocol.attack_config(config, 'gaussian', class_cell.poison_key)
+  attack = cells_lib.attack_config(config, 'gaussian', class_cell.poison_key)
   assert (attack.target_class, attack.eps, attack.poison_fraction) == (3, 0.1, 1.0)
 
 
 def test_a_grid_without_sweeps_is_the_grid_of_before():
   config = protocol_config.get_config('small')
-  assert protocol.sweep_axes(config) == ()
+  assert cells_lib.sweep_axes(config) == ()
   assert [c.name for c in protocol.resolve_cells(config)] == [
       'gaussian-lenet-none-seed0', 'gaussian-lenet-pacd_gaussian-seed0',
       'gaussian-lenet-random-seed0']
@@ -126,7 +126,7 @@ def test_a_grid_without_sweeps_is_the_grid_of_before():
   config.sweep.axes = ('eps,target_class',)
   config.sweep.eps = ('0.05, 0.2',)
   config.sweep.target_class = (3,)
-  assert protocol.sweep_points(config) == [{}, {'eps': 0.05}, {'eps': 0.2},
+  assert cells_lib.sweep_points(config) == [{}, {'eps': 0.05}, {'eps': 0.2},
                                            {'target_class': 3}]
 
 
