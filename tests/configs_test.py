@@ -16,6 +16,7 @@ from rsp import robust_training
 from rsp import train
 import rsp.configs
 from rsp.configs import common
+from rsp.configs import poison_mnist
 
 # Every config file: (the methods of its METHOD[,MODE] argument or None for a MODE
 # argument, its modes, its default argument).
@@ -23,7 +24,7 @@ CONFIGS = {
     'certify': (None, common.MODES, 'paper'),
     'train_mnist': (common.TRAIN_METHODS, common.MODES, 'gaussian,paper'),
     'train_cifar10': (common.TRAIN_METHODS, common.MODES, 'gaussian,paper'),
-    'poison_mnist': (common.ATTACK_METHODS, common.MODES, 'gaussian,paper'),
+    'poison_mnist': (common.ATTACK_METHODS, poison_mnist.MODES, 'gaussian,paper'),
     'poison_cifar10': (common.ATTACK_METHODS, common.MODES, 'gaussian,paper'),
     'protocol': (None, common.CPU_MODES, 'small'),
     'protocol_transfer': (None, common.CPU_MODES, 'small'),
