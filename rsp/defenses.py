@@ -728,6 +728,11 @@ def per_example_grads(loss_fn: Callable[..., Any], params: Any, batch: Any,
   ``loss_fn = lambda p, b, k: rt.gaussian_loss(p, {}, b, k, apply_fn=...)`` with
   ``has_aux=True``. Feed the result to ``dp_sgd_optimizer(...).update``. Jittable.
 
+  Under ``jit`` with the batch sharded across devices, jax 0.10.2's SPMD partitioning
+  of the vmapped convolution-kernel gradients was wrong on CPU for the examples off the
+  first device (dense layers were right); ``rsp.train`` therefore calls this inside
+  ``jax.shard_map``, each device on its own examples.
+
   Args:
     loss_fn: ``loss_fn(params, batch, key) -> scalar`` (or ``(scalar, aux)`` with
       ``has_aux``).

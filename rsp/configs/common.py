@@ -106,6 +106,17 @@ def train_base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.poison_file = ''       # Train on the training set with these poisons applied.
   c.target_class = 8       # Reported separately (target-class clean accuracy).
+  # Training-time defenses against poisoning (rsp.train's docstring); all off here.
+  c.mixup_alpha = 0.0      # > 0: mixup with lam ~ Beta(alpha, alpha) (standard, gaussian).
+  c.dp_sgd = ml_collections.ConfigDict()  # DP-SGD; needs optimizer 'sgd'.
+  c.dp_sgd.enabled = False
+  c.dp_sgd.l2_norm_clip = 1.0       # C: per-example gradients clipped to L2 norm C.
+  c.dp_sgd.noise_multiplier = 1.0   # Noise N(0, (multiplier C)^2) on the clipped sum.
+  c.purify = ml_collections.ConfigDict()  # The training images, once before training.
+  c.purify.kind = 'none'   # 'none', 'bit_depth', 'blur' or 'jpeg'.
+  c.purify.bits = 4        # bit_depth: levels 2^bits (1..8).
+  c.purify.sigma = 1.0     # blur: Gaussian standard deviation in pixels (> 0).
+  c.purify.quality = 75    # jpeg: Pillow quality (1..100).
   return c
 
 
