@@ -16,6 +16,11 @@ r"""The evaluation protocol: poison, train victims from scratch, certify, report
 4. computes drops, paired comparisons and intervals (``rsp.metrics``), writes
    ``results.json`` and ``results.md``, then the figures (``rsp.report``).
 
+Defenses (``config.defenses``, ``rsp.defense_cells``): every defense but 'none' adds a
+cell per victim of the grid (detectors and training-time defenses, certified like the
+others) or per training set and seed ('dpa', Deep Partition Aggregation, whose rows go
+to ``results['dpa']``).
+
 Workdir layout (the workdir is the record; every stage resumes)::
 
     WORKDIR/config.json                 the protocol config
@@ -48,6 +53,7 @@ from rsp import attack as attack_lib
 from rsp import baselines
 from rsp import certification
 from rsp import data as data_lib
+from rsp import defense_cells
 from rsp import metrics
 from rsp import models
 from rsp import report
@@ -59,7 +65,7 @@ from rsp import workdir as workdir_lib
 POISON_KINDS = ('none', 'pacd', *baselines.BASELINES)
 # Fields that do not change a victim's or an attack's numbers (a restart may change them).
 RESUMABLE = ('log_every_steps', 'eval_batch_size', 'eval_every_epochs',
-             'checkpoint_every_steps', 'remat', 'unroll')
+             'checkpoint_every_steps', 'checkpoint_every_epochs', 'remat', 'unroll')
 # Fields the protocol sets in every nested config from its own.
 _SHARED = ('dataset', 'data_dir', 'data_seed', 'target_class')
 
@@ -70,12 +76,14 @@ _SHARED = ('dataset', 'data_dir', 'data_seed', 'target_class')
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One victim: a training method, an architecture, a training set and a seed."""
+  """One victim: a training method, an architecture, a training set, a seed and a
+  defense ('none', or one of ``config.defenses``: ``rsp.defense_cells``)."""
   train_method: str
   arch: str
   poison: str            # One of POISON_KINDS.
   crafted_against: str   # For 'pacd': the method its poisons target ('' otherwise).
   seed: int
+  defense: str = 'none'
 
   @property
   def poison_set(self) -> str:
@@ -84,7 +92,8 @@ class Cell:
 
   @property
   def name(self) -> str:
-    return f'{self.train_method}-{self.arch}-{self.poison_set}-seed{self.seed}'
+    defense = '' if self.defense == 'none' else f'-{self.defense}'
+    return f'{self.train_method}-{self.arch}-{self.poison_set}{defense}-seed{self.seed}'
 
 
 @dataclasses.dataclass
@@ -124,16 +133,24 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
   Every training method x training set x seed on ``config.archs[0]``; the other
   architectures with the methods in ``config.other_arch_methods`` (all if empty).
   Training sets: each of ``config.poison_kinds``, 'pacd' once per ``pacd_methods``.
+  Then each defense of ``config.defenses`` but 'none': that grid again ('dpa': once
+  per training set and seed, with ``config.dpa_victim``'s method and model).
   """
   methods = _names(config, 'train_methods')
   other = _names(config, 'other_arch_methods') or methods
   seeds = validation.distinct_ints('config.seeds', config.seeds)
-  return [Cell(method, arch, kind, against, seed)
+  grid = [Cell(method, arch, kind, against, seed)
           for a, arch in enumerate(_names(config, 'archs'))
           for method in methods if a == 0 or method in other
           for kind in _names(config, 'poison_kinds')
           for against in (pacd_methods(config) if kind == 'pacd' else ('',))
           for seed in seeds]
+  sets = list(dict.fromkeys((c.poison, c.crafted_against, c.seed) for c in grid))
+  return grid + [
+      dataclasses.replace(c, defense=d) for d in defense_cells.names(config)[1:]
+      for c in (grid if d != defense_cells.DPA else
+                [Cell(config.dpa_victim.method, config.dpa_victim.model, *s)
+                 for s in sets])]
 
 
 def attack_config(config: ml_collections.ConfigDict, method: str
@@ -151,12 +168,17 @@ def attack_config(config: ml_collections.ConfigDict, method: str
 
 def victim_config(config: ml_collections.ConfigDict, cell: Cell
                   ) -> ml_collections.ConfigDict:
-  """The training config of ``cell``'s victim: ``config.victims[train_method]`` with the
-  protocol's data and target class, the cell's architecture and seed."""
-  if cell.train_method not in config.victims:
+  """The training config of ``cell``'s victim: ``config.victims[train_method]`` (DPA's
+  base classifiers: ``config.dpa_victim``) with the protocol's data and target class,
+  the cell's architecture and seed, and its training-time defense's fields."""
+  if cell.defense == defense_cells.DPA:
+    source = config.dpa_victim
+  elif cell.train_method not in config.victims:
     raise ValueError(f'config.train_methods names {cell.train_method!r} but '
                      f'config.victims has no such entry; it has {sorted(config.victims)}.')
-  c = ml_collections.ConfigDict(config.victims[cell.train_method].to_dict())
+  else:
+    source = config.victims[cell.train_method]
+  c = ml_collections.ConfigDict(source.to_dict())
   for field in _SHARED:
     c[field] = config.get(field, '')
   c.seed = cell.seed
@@ -164,7 +186,7 @@ def victim_config(config: ml_collections.ConfigDict, cell: Cell
   if c.model != cell.arch:
     c.model = cell.arch
     c.model_kwargs = ml_collections.ConfigDict()
-  return c
+  return defense_cells.defended_victim(config, cell.defense, c)
 
 
 def certification_sigma(config: ml_collections.ConfigDict,
@@ -238,11 +260,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.distinct_ints('config.seeds', config.seeds)
   _validate_certify(config.certify)
   validation.check_int('config.num_figure_images', config.num_figure_images)
+  defense_cells.validate_config(config)
   for cell in resolve_cells(config):
     victim = victim_config(config, cell)
-    with validation.nested(f'config.victims.{cell.train_method}'):
+    with defense_cells.naming(config, cell.train_method, cell.defense):
       train_lib.validate_config(victim)
-    certification_sigma(config, victim)
+    if cell.defense != defense_cells.DPA:
+      certification_sigma(config, victim)
   if 'pacd' in kinds and config.get('poison_file'):
     meta = data_lib.load_poisons(config.poison_file)['metadata']
     for key in ('dataset', 'target_class'):
@@ -294,12 +318,18 @@ def cell_spec(config: ml_collections.ConfigDict, cell: Cell,
   c = config.certify
   spec = poison_spec(config, cell.poison_set)
   spec['target_class'] = config.target_class  # The certified points.
-  spec['victims'] = {cell.train_method: _without(victim.to_dict(),
+  spec['victims'] = {cell.train_method: _without(train_lib.recorded_config(victim),
                                                  _SHARED + ('seed', 'poison_file'))}
-  spec['certify'] = {'sigma': certification_sigma(config, victim), 'n0': c.n0, 'n': c.n,
-                     'alpha': c.alpha, 'seed': c.seed}
+  spec['certify'] = None if cell.defense == defense_cells.DPA else {
+      'sigma': certification_sigma(config, victim), 'n0': c.n0, 'n': c.n,
+      'alpha': c.alpha, 'seed': c.seed}
+  fields = dataclasses.asdict(cell)
+  if cell.defense == 'none':  # As recorded before defenses existed.
+    del fields['defense']
+  else:
+    spec['defense'] = defense_cells.defense_spec(config, cell.defense)
   spec['inputs'] = dict(
-      spec.get('inputs', {}), cell=dataclasses.asdict(cell),
+      spec.get('inputs', {}), cell=fields,
       certified_points=[int(i) for i in target_indices],
       all_classes_points=None if all_indices is None else [int(i) for i in all_indices])
   return spec
@@ -425,7 +455,9 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
   ``poison_set``), ``sigma``, ``clean_accuracy`` (the base classifier, all classes),
   ``num_train_examples``, the certification summary (``rsp.metrics.victim_summary``:
   ``acr``, ``certified_accuracy``, ``target_accuracy``, ...), ``train_seconds``,
-  ``certify_seconds`` and ``time``.
+  ``certify_seconds`` and ``time``; a detector's row also ``detection``
+  (``rsp.defense_cells``). A 'dpa' cell returns ``rsp.defense_cells.run_dpa_cell``'s
+  row instead.
   """
   cell_dir = os.path.join(workdir, 'cells', cell.name)
   result_path = os.path.join(cell_dir, 'result.json')
@@ -434,11 +466,30 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
   workdir_lib.write_json(os.path.join(cell_dir, 'spec.json'),
                          cell_spec(config, cell, target_indices, all_indices))
   victim = victim_config(config, cell)
+  if cell.defense in (defense_cells.DPA, *defense_cells.DETECTORS):
+    masked = training_set(cell, defense_cells.with_masks(
+        splits['train'], poison_sets, cell.poison_set, config.target_class),
+                          poison_sets, victim)
+  if cell.defense == defense_cells.DPA:
+    return defense_cells.run_dpa_cell(
+        config, dict(dataclasses.asdict(cell), cell=cell.name, poison_set=cell.poison_set),
+        train_set=masked, test=splits['test'], target_indices=target_indices,
+        victim=victim, seed=cell.seed, cell_dir=cell_dir,
+        num_classes=data_lib.info(config.dataset)['num_classes'])
   train_dir = os.path.join(cell_dir, 'train')
+  detection = None
+  if cell.defense in defense_cells.DETECTORS:
+    train_set, detection = defense_cells.filter_training_set(
+        config, cell.defense, masked, seed=cell.seed, target_class=config.target_class,
+        feature_dir=os.path.join(workdir, 'cells',
+                                 dataclasses.replace(cell, defense='none').name, 'train'),
+        path=os.path.join(cell_dir, 'detection.json'))
+    victim = defense_cells.retraining_config(victim)
   if os.path.isfile(os.path.join(train_dir, 'summary.json')):
     trained = train_lib.load_trained(train_dir)
   else:
-    train_set = training_set(cell, splits['train'], poison_sets, victim)
+    if detection is None:
+      train_set = training_set(cell, splits['train'], poison_sets, victim)
     trained = train_lib.train(victim, {'train': train_set, 'test': splits['test']},
                               train_dir)
   sigma = certification_sigma(config, victim)
@@ -466,6 +517,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
           rows, rows_all, per_class_accuracy=per_class, target_class=config.target_class,
           class_counts=np.bincount(test['label'], minlength=len(per_class)),
           num_classes=trained.num_classes),
+      **defense_cells.detection_row(detection),
       train_seconds=train_seconds, certify_seconds=certify_seconds,
       time=train_seconds + certify_seconds)
   workdir_lib.write_json(result_path, row)
@@ -519,8 +571,10 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     rows.append(run_cell(config, cell, splits=splits, poison_sets=poison_sets,
                          target_indices=target_indices, all_indices=all_indices,
                          workdir=workdir))
-    logging.info('Protocol cell %d/%d %s: ACR %.4f, clean accuracy %.4f.', i + 1,
-                 len(cells), cell.name, rows[-1]['acr'], rows[-1]['clean_accuracy'])
+    logging.info('Protocol cell %d/%d %s: ACR %s, clean accuracy %.4f.', i + 1,
+                 len(cells), cell.name, rows[-1].get('acr'), rows[-1]['clean_accuracy'])
+  dpa_rows = [r for r in rows if r.get('defense') == defense_cells.DPA]
+  rows = [r for r in rows if r.get('defense') != defense_cells.DPA]
   points = {r['cell']: _certified_points(workdir, r['cell'], target_indices)
             for r in rows}
   rows = metrics.add_paired_comparisons(metrics.add_acr_drops(rows), {
@@ -536,10 +590,11 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   results = {
       'config': config.to_dict(), 'rows': rows, 'aggregates': aggregates,
       'transfer_matrix': metrics.transfer_matrix(aggregates), 'poisons': poisons,
+      'dpa': dpa_rows,
       'certified_points': [int(i) for i in target_indices],
       'machine': report.machine_info(),
       'total_seconds': (sum(p['seconds'] for p in poisons.values()) +
-                        sum(r['time'] for r in rows)),
+                        sum(r['time'] for r in rows + dpa_rows)),
       'figures': [],
   }
   # The results first: a figure that fails loses no number.

@@ -9,9 +9,11 @@ poison file applied), trains with the config's method and writes everything to
   inputs (the SHA-256 of the poison file and of the training split actually trained on);
 * ``metrics.jsonl``: one JSON line per logged step (loss, accuracy, images/s) and per
   evaluation (clean accuracy overall and per class);
-* ``checkpoints/``: orbax checkpoints at epoch ends; a run restarted with the same
-  workdir resumes from the newest intact one and ends with exactly the weights of an
-  uninterrupted run (batches and noise come from ``fold_in(key, epoch | step)``);
+* ``checkpoints/``: orbax checkpoints at the end of every
+  ``config.checkpoint_every_epochs``-th epoch (default 1) and of the last; a run
+  restarted with the same workdir resumes from the newest intact one and ends with
+  exactly the weights of an uninterrupted run (batches and noise come from
+  ``fold_in(key, epoch | step)``);
 * ``summary.json``: final clean test accuracy overall, per class and on
   ``config.target_class``; training time and images/s; number of parameters.
 
@@ -113,6 +115,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if subset and subset < config.batch_size:
     raise ValueError(f'config.train_subset={subset} is smaller than config.batch_size='
                      f'{config.batch_size}: not one batch.')
+  validation.check_int('config.checkpoint_every_epochs',
+                       config.get('checkpoint_every_epochs', 1),
+                       meaning='a checkpoint every this many epochs, and at the end')
   n_dev = jax.local_device_count()
   if config.batch_size % n_dev:
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
@@ -478,7 +483,8 @@ def _data_sharding():
 # fingerprinted (inputs.poison_file), and so may data_dir (inputs.train_data).
 RESUMABLE_FIELDS = ('config.num_epochs', 'config.log_every_steps',
                     'config.eval_every_epochs', 'config.eval_batch_size',
-                    'config.target_class', 'config.data_dir', 'config.poison_file')
+                    'config.target_class', 'config.data_dir', 'config.poison_file',
+                    'config.checkpoint_every_epochs')
 
 
 def run_settings(config: ml_collections.ConfigDict,
@@ -566,6 +572,7 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
   total_steps = steps_per_epoch * config.num_epochs
   eval_every = config.get('eval_every_epochs', 0)
   log_every = max(1, config.get('log_every_steps', 50))
+  checkpoint_every = config.get('checkpoint_every_epochs', 1)
   with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     state, meta = ckpt.restore_or_init(state, {'epoch': 0, 'train_seconds': 0.0})
     state = jax.device_put(state, replicated)
@@ -615,7 +622,8 @@ def train(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, n
                         splits['test'], num_classes=num_classes,
                         batch_size=config.eval_batch_size)
           writer.write_scalars(step, {'epoch': epoch, 'test_accuracy': ev['accuracy']})
-        ckpt.save(step, state, {'epoch': epoch + 1, 'train_seconds': train_seconds})
+        if last or (epoch + 1) % checkpoint_every == 0:
+          ckpt.save(step, state, {'epoch': epoch + 1, 'train_seconds': train_seconds})
 
   variables = jax.device_get(models.merge_variables(state.params, state.model_state))
   apply_fn = models.make_apply_fn(model)

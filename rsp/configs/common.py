@@ -104,6 +104,7 @@ def train_base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.eval_every_epochs = 0  # 0: evaluate at the end only.
   c.log_every_steps = 50
+  c.checkpoint_every_epochs = 1  # And at the end; may change on resume.
   c.poison_file = ''       # Train on the training set with these poisons applied.
   c.target_class = 8       # Reported separately (target-class clean accuracy).
   # Training-time defenses against poisoning (rsp.train's docstring); all off here.
@@ -199,8 +200,8 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     single one) and 2 solver steps, the surrogate re-initialised every epoch, every step
     logged;
   * certification (``certify.py``): 4 points, N0 = 16, N = 64;
-  * protocol (``protocol*.py``): each victim 1 epoch on 800 training points, batches of
-    100, learning rate 3e-3; 4 figure images. Its nested attack, victim and
+  * protocol (``protocol*.py``): each victim (and DPA's base classifiers) 1 epoch on
+    800 training points, batches of 100, learning rate 3e-3; 4 figure images. Its nested attack, victim and
     certification configs are expected to be tiny already (their files' tiny modes).
 
   Args:
@@ -212,6 +213,9 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
   if 'victims' in config:
     for victim in config.victims.values():
       victim.update(_TINY_VICTIM)
+    if 'dpa_victim' in config:
+      config.dpa_victim.update(_TINY_VICTIM)
+      config.dpa_victim.checkpoint_every_epochs = config.dpa_victim.num_epochs
     config.num_figure_images = 4
   elif 'attack' in config:
     a = config.attack
