@@ -256,8 +256,9 @@ def _defense_table(aggregates: Sequence[Mapping[str, Any]], interval: str) -> li
         [_cell(a, 'clean_accuracy'), _cell(a, 'target_accuracy')])
   return _table(['defense', 'training method', 'arch', 'training set', 'seeds',
                  f'ACR{interval}', f'ACR drop vs undefended clean{interval}',
-                 f'recovered of the ACR lost{interval}', 'precision', 'recall', 'AUROC',
-                 'removed', f'clean acc.{interval}', f'target acc.{interval}'], body)
+                 f'recovered of the ACR lost{interval}', f'precision{interval}',
+                 f'recall{interval}', f'AUROC{interval}', f'removed{interval}',
+                 f'clean acc.{interval}', f'target acc.{interval}'], body)
 
 
 def _fraction(x: Any) -> str:
