@@ -76,20 +76,13 @@ def names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return ('none',) + tuple(d for d in given if d != 'none')
 
 
-def kind(config: ml_collections.ConfigDict, name: str) -> str:
-  """'none', 'detector', 'training' or 'dpa'."""
-  if name in ('none', DPA):
-    return name
-  return 'detector' if name in DETECTORS else 'training'
-
-
 @contextlib.contextmanager
 def naming(config: ml_collections.ConfigDict, train_method: str,
            defense: str) -> Iterator[None]:
   """Names the fields of a cell's victim config by their full path in the checks inside
-  the block (as ``validation.nested`` does): ``config.victims.<method>.<field>``,
-  ``config.dpa_victim.<field>`` for DPA, and ``config.training_defenses.<defense>.
-  <field>`` for a field that the cell's training-time defense sets."""
+  the block (as ``validation.nested`` does): ``config.victims.<method>.<field>``, or
+  ``config.dpa_victim.<field>`` for DPA, or, for a field that the cell's training-time
+  defense sets, ``config.training_defenses.<defense>.<field>``."""
   path = 'config.dpa_victim' if defense == DPA else f'config.victims.{train_method}'
   overridden = (set(config.training_defenses[defense])
                 if defense in training_defenses(config) else set())
@@ -105,10 +98,6 @@ def naming(config: ml_collections.ConfigDict, train_method: str,
 
     renamed = re.sub(r'\bconfig\.([A-Za-z_]\w*)', full, message)
     raise ValueError(renamed if renamed != message else f'{path}: {message}') from e
-
-
-def _is_number(x: Any) -> bool:
-  return validation.real_number(x) is not None
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

@@ -35,7 +35,8 @@ writes ``WORKDIR/results.json``, ``WORKDIR/results.md`` and ``WORKDIR/figures/``
 restarting with the same workdir resumes and redoes nothing that is done.
 
 Other protocol configs build on ``build_config`` below: ``protocol_transfer.py`` (3x3
-attack-method x training-method matrix, other architectures), ``protocol_mnist_paper.py``
+attack-method x training-method matrix, other architectures), ``protocol_defenses.py``
+(detectors, training-time defenses and DPA against PACD), ``protocol_mnist_paper.py``
 and ``protocol_cifar10_paper.py`` (paper scale, GPU).
 """
 
