@@ -170,7 +170,8 @@ def defended_victim(config: ml_collections.ConfigDict, defense: str,
   if defense not in training_defenses(config):
     return victim
   out = ml_collections.ConfigDict(victim.to_dict())
-  _set_fields(out, config.training_defenses[defense], f'config.training_defenses.{defense}')
+  _set_fields(out, config.training_defenses[defense],
+              f'config.training_defenses.{defense}')
   return out
 
 

@@ -472,7 +472,8 @@ def run_cell(config: ml_collections.ConfigDict, cell: Cell, *,
                           poison_sets, victim)
   if cell.defense == defense_cells.DPA:
     return defense_cells.run_dpa_cell(
-        config, dict(dataclasses.asdict(cell), cell=cell.name, poison_set=cell.poison_set),
+        config,
+        dict(dataclasses.asdict(cell), cell=cell.name, poison_set=cell.poison_set),
         train_set=masked, test=splits['test'], target_indices=target_indices,
         victim=victim, seed=cell.seed, cell_dir=cell_dir,
         num_classes=data_lib.info(config.dataset)['num_classes'])

@@ -340,8 +340,8 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
   if _defended(all_aggregates):
     budget = cfg.get('defense_budget', -1)
     lines += ['', '## Defenses', '',
-              'Each defended victim is trained from scratch like the undefended one of its '
-              'row: with a training-time defense (the fields of '
+              'Each defended victim is trained from scratch like the undefended one of '
+              'its row: with a training-time defense (the fields of '
               '`config.training_defenses`), or, for a detector, on the training set '
               'without the points it flags on the undefended victim\'s penultimate '
               'features (' + ('as many as the poison sets modify' if budget == -1 else

@@ -214,7 +214,8 @@ def _validate_defenses(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.dp_sgd.enabled=True with config.model={config.model!r} '
                        f'(model_kwargs {dict(config.get("model_kwargs", {}))}), which '
                        f'keeps {sorted(set(collections) - {"params"})}: BatchNorm mixes '
-                       "the examples of a batch; use lenet, wide_cnn, mlp or norm='frozen'.")
+                       "the examples of a batch; use lenet, wide_cnn, mlp or "
+                       "norm='frozen'.")
   purify = purify_settings(config)
   validation.check_choice('config.purify.kind', purify['kind'], PURIFY_KINDS)
   validation.check_int('config.purify.bits', purify['bits'], 1, 8)

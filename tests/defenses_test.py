@@ -286,7 +286,8 @@ def test_apply_data_defense_removes_the_budget_and_measures_it(name):
   and removals."""
   ds, planted = _planted_set()
   filtered, det = d.apply_data_defense(name, ds, is_poison=planted, budget=20,
-                                       features_fn=_as_features, seed=0, target_class=1, knn_k=5)
+                                       features_fn=_as_features, seed=0, target_class=1,
+                                       knn_k=5)
   assert det['detector'] == name and det['budget'] == 20 and det['num_before'] == 220
   assert det['removed'] == 20 and len(det['removed_indices']) == 20
   kept = np.setdiff1d(np.arange(220), det['removed_indices'])

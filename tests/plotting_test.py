@@ -94,8 +94,9 @@ def test_acr_bars_per_defense(tmp_path):
   aggregates = [
       {'defense': d, 'poison_set': p, 'train_method': 'gaussian', 'arch': 'lenet',
        'acr_mean': acr, 'acr_ci': ci}
-      for d, p, acr, ci in (('none', 'none', 1.3, [1.2, 1.4]), ('none', 'pacd', 0.5, None),
-                            ('knn', 'none', 1.1, None), ('knn', 'pacd', None, None))]
+      for d, p, acr, ci in (('none', 'none', 1.3, [1.2, 1.4]),
+                            ('none', 'pacd', 0.5, None), ('knn', 'none', 1.1, None),
+                            ('knn', 'pacd', None, None))]
   path = str(tmp_path / 'defenses.png')
   figure = plotting.plot_acr_by_defense(aggregates, path,
                                         label=lambda a: a['poison_set'].upper())

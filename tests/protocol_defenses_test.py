@@ -180,8 +180,9 @@ def test_dpa_rows(finished):
   # The vote: base classifier j of the PACD cell predicts the test points as recorded.
   test = data.load('mnist_embedded', seed=0)['test']
   cell_dir = os.path.join(workdir, 'cells', rows[1]['cell'])
+  images = test['image'][rows[1]['points']['idx']]
   predictions = np.stack([
-      train.predict_labels(m.apply_fn, m.variables, test['image'][rows[1]['points']['idx']])
+      train.predict_labels(m.apply_fn, m.variables, images)
       for m in (train.load_trained(os.path.join(cell_dir, 'partitions', f'{j:04d}'))
                 for j in range(k))])
   prediction, certified = defenses.dpa_certify(defenses.dpa_votes(predictions, 10))

@@ -138,7 +138,8 @@ def _with_defenses(results):
   out['rows'], out['aggregates'] = rows, metrics.aggregate_rows(rows)
   out['dpa'] = [{
       'train_method': 'standard', 'arch': 'lenet', 'poison': p, 'crafted_against': a,
-      'seed': 0, 'defense': 'dpa', 'dpa_partitions': 20, 'partition_sizes': [160, 175.5, 190],
+      'seed': 0, 'defense': 'dpa', 'dpa_partitions': 20,
+      'partition_sizes': [160, 175.5, 190],
       'clean_accuracy': 0.9, 'target_accuracy': 0.85, 'certified_accuracy': 0.6,
       'modified_images': 350, 'dpa_budget': 700, 'max_certifiable': 10,
       'certified_accuracy_at_budget': 0.0, 'partitions_touched': touched,
@@ -171,8 +172,8 @@ def test_markdown_of_defenses_and_dpa():
   assert [c.strip() for c in clean.split('|')[1:-1]][6:12] == ['-'] * 6
   for part in ('## Deep Partition Aggregation (not a smoothing certificate)',
                'count twice: a budget of 2m',
-               '| PACD (vs gaussian) | 0 | 20 | 160 / 175.5 / 190 | 0.900 | 0.850 | 0.600 '
-               '| 350 | 700 | 10 | 0.000 | 20 | 0.000 |',
+               '| PACD (vs gaussian) | 0 | 20 | 160 / 175.5 / 190 | 0.900 | 0.850 | '
+               '0.600 | 350 | 700 | 10 | 0.000 | 20 | 0.000 |',
                '| clean | 0 | 20 | 160 / 175.5 / 190 | 0.900 | 0.850 | 0.600 | 350 | 700 '
                '| 10 | 0.000 | - | - |',
                '- PACD (vs gaussian): Vacuous: no test point is certified.',

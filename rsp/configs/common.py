@@ -108,7 +108,7 @@ def train_base_config() -> ml_collections.ConfigDict:
   c.poison_file = ''       # Train on the training set with these poisons applied.
   c.target_class = 8       # Reported separately (target-class clean accuracy).
   # Training-time defenses against poisoning (rsp.train's docstring); all off here.
-  c.mixup_alpha = 0.0      # > 0: mixup with lam ~ Beta(alpha, alpha) (standard, gaussian).
+  c.mixup_alpha = 0.0      # > 0: mixup, lam ~ Beta(alpha, alpha) (standard, gaussian).
   c.dp_sgd = ml_collections.ConfigDict()  # DP-SGD; needs optimizer 'sgd'.
   c.dp_sgd.enabled = False
   c.dp_sgd.l2_norm_clip = 1.0       # C: per-example gradients clipped to L2 norm C.
@@ -201,8 +201,9 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     logged;
   * certification (``certify.py``): 4 points, N0 = 16, N = 64;
   * protocol (``protocol*.py``): each victim (and DPA's base classifiers) 1 epoch on
-    800 training points, batches of 100, learning rate 3e-3; 4 figure images. Its nested attack, victim and
-    certification configs are expected to be tiny already (their files' tiny modes).
+    800 training points, batches of 100, learning rate 3e-3; 4 figure images. Its
+    nested attack, victim and certification configs are expected to be tiny already
+    (their files' tiny modes).
 
   Args:
     config: a config of one of the kinds above.

@@ -15,9 +15,9 @@ Argument: ``MODE``, one of
   certified; with alpha = 0.001 the largest radius is then 1.35 instead of 1.55).
   DP-SGD trains 5 epochs at learning rate 0.1 (clip 1, noise multiplier 1): its
   per-example gradients made a step 18 to 25 times as long as a plain one on a CPU
-  (LeNet's 431k weight gradients are materialised per example); on the shared development machine a 5-epoch
-  DP-SGD victim on the clean digits reached 0.814 test accuracy (0.84 on class 8) in
-  386 s. DPA: 20 partitions of about 175 images, plain LeNets of 40 epochs in batches
+  (LeNet's 431k weight gradients are materialised per example); on the shared
+  development machine a 5-epoch DP-SGD victim on the clean digits reached 0.814 test
+  accuracy (0.84 on class 8) in 386 s. DPA: 20 partitions of about 175 images, plain LeNets of 40 epochs in batches
   of 50. Not measured end to end (the development machine was shared by several
   developers while this was written). Estimated for an otherwise idle 2-core CPU from
   the main job's measured costs (a 40-epoch victim 75 s, the certification of 100
