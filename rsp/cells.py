@@ -38,6 +38,7 @@ import numpy as np
 from rsp import attack as attack_lib
 from rsp import baselines
 from rsp import data as data_lib
+from rsp import defense_cells
 from rsp import metrics
 from rsp import models
 from rsp import smoothing
@@ -52,7 +53,7 @@ BUDGETED = ('pacd', *baselines.RANDOM_KINDS)
 AXES = metrics.SWEEP_AXES
 # Fields that do not change a victim's or an attack's numbers (a restart may change them).
 RESUMABLE = ('log_every_steps', 'eval_batch_size', 'eval_every_epochs',
-             'checkpoint_every_steps', 'remat', 'unroll')
+             'checkpoint_every_steps', 'checkpoint_every_epochs', 'remat', 'unroll')
 # Fields the protocol sets in every nested config from its own.
 _SHARED = ('dataset', 'data_dir', 'data_seed', 'target_class')
 # ... and in every nested attack config (the poison set's budget).
@@ -112,6 +113,7 @@ class Cell:
   eps: float | None = None            # The poisons' L-inf budget.
   poison_fraction: float | None = None  # The fraction of the class poisoned.
   victim_sigma: float | None = None   # The victim's training (and certification) sigma.
+  defense: str = 'none'  # 'none' or one of config.defenses (rsp.defense_cells).
 
   @property
   def poison_key(self) -> PoisonKey:
@@ -133,8 +135,9 @@ class Cell:
   def name(self) -> str:
     """'gaussian-lenet-pacd_gaussian-seed0', 'gaussian-lenet-random-eps0.05-seed1',
     'gaussian-lenet-none-sigma1-seed0', 'gaussian-lenet-none-class3-seed0'."""
+    defense = '' if self.defense == 'none' else f'-{self.defense}'
     return (f'{self.train_method}-{self.arch}-{self.poison_set}'
-            f'{_tag(self, ("victim_sigma",))}-seed{self.seed}')
+            f'{_tag(self, ("victim_sigma",))}{defense}-seed{self.seed}')
 
 
 
@@ -279,6 +282,8 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
   Training sets: each of ``config.poison_kinds``, 'pacd' once per ``pacd_methods``.
   All of it at the base point, then at each point of ``sweep_points``; a cell that
   two points share (the clean victim at every eps) appears once, where first met.
+  Then each defense of ``config.defenses`` but 'none': that grid again ('dpa': once
+  per training set and seed, with ``config.dpa_victim``'s method and model).
   """
   methods = field_names(config, 'train_methods')
   other = field_names(config, 'other_arch_methods') or methods
@@ -290,7 +295,14 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
            for kind in field_names(config, 'poison_kinds')
            for against in (pacd_methods(config) if kind == 'pacd' else ('',))
            for seed in seeds]
-  return list(dict.fromkeys(cells))
+  grid = list(dict.fromkeys(cells))
+  sets = list(dict.fromkeys(
+      dataclasses.replace(c, train_method='', arch='', victim_sigma=None) for c in grid))
+  return grid + [
+      dataclasses.replace(c, defense=d) for d in defense_cells.names(config)[1:]
+      for c in (grid if d != defense_cells.DPA else
+                [dataclasses.replace(s, train_method=config.dpa_victim.method,
+                                     arch=config.dpa_victim.model) for s in sets])]
 
 
 def poison_keys(config: ml_collections.ConfigDict,
@@ -323,13 +335,18 @@ def attack_config(config: ml_collections.ConfigDict, method: str,
 
 def victim_config(config: ml_collections.ConfigDict, cell: Cell
                   ) -> ml_collections.ConfigDict:
-  """The training config of ``cell``'s victim: ``config.victims[train_method]`` with the
-  protocol's data and target class, the cell's architecture, seed, target class and
-  training sigma."""
-  if cell.train_method not in config.victims:
+  """The training config of ``cell``'s victim: ``config.victims[train_method]`` (DPA's
+  base classifiers: ``config.dpa_victim``) with the protocol's data and target class,
+  the cell's architecture, seed, target class and training sigma, and its
+  training-time defense's fields."""
+  if cell.defense == defense_cells.DPA:
+    source = config.dpa_victim
+  elif cell.train_method not in config.victims:
     raise ValueError(f'config.train_methods names {cell.train_method!r} but '
                      f'config.victims has no such entry; it has {sorted(config.victims)}.')
-  c = ml_collections.ConfigDict(config.victims[cell.train_method].to_dict())
+  else:
+    source = config.victims[cell.train_method]
+  c = ml_collections.ConfigDict(source.to_dict())
   for field in _SHARED:
     c[field] = config.get(field, '')
   c.seed = cell.seed
@@ -341,7 +358,7 @@ def victim_config(config: ml_collections.ConfigDict, cell: Cell
     c.target_class = int(cell.target_class)
   if cell.victim_sigma is not None:
     c.loss.sigma = float(cell.victim_sigma)
-  return c
+  return defense_cells.defended_victim(config, cell.defense, c)
 
 
 def certification_sigma(config: ml_collections.ConfigDict,
@@ -422,12 +439,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _validate_certify(config.certify)
   validation.check_int('config.num_figure_images', config.num_figure_images)
   _validate_sweep(config, methods)
+  defense_cells.validate_config(config)
   cells = resolve_cells(config)
   for cell in cells:
     victim = victim_config(config, cell)
-    with validation.nested(f'config.victims.{cell.train_method}'):
+    with defense_cells.naming(config, cell.train_method, cell.defense):
       train_lib.validate_config(victim)
-    certification_sigma(config, victim)
+    if cell.defense != defense_cells.DPA:
+      certification_sigma(config, victim)
   if 'pacd' in kinds and config.get('poison_file'):
     meta = data_lib.load_poisons(config.poison_file)['metadata']
     for key in ('dataset', 'target_class'):
@@ -518,12 +537,18 @@ def cell_spec(config: ml_collections.ConfigDict, cell: Cell,
   c = config.certify
   spec = poison_spec(config, cell.poison_key)
   spec['target_class'] = victim.target_class  # The certified points.
-  spec['victims'] = {cell.train_method: _without(victim.to_dict(),
+  spec['victims'] = {cell.train_method: _without(train_lib.recorded_config(victim),
                                                  _SHARED + ('seed', 'poison_file'))}
-  spec['certify'] = {'sigma': certification_sigma(config, victim), 'n0': c.n0, 'n': c.n,
-                     'alpha': c.alpha, 'seed': c.seed}
+  spec['certify'] = None if cell.defense == defense_cells.DPA else {
+      'sigma': certification_sigma(config, victim), 'n0': c.n0, 'n': c.n,
+      'alpha': c.alpha, 'seed': c.seed}
+  fields = dataclasses.asdict(cell)
+  if cell.defense == 'none':  # As recorded before defenses existed.
+    del fields['defense']
+  else:
+    spec['defense'] = defense_cells.defense_spec(config, cell.defense)
   spec['inputs'] = dict(
-      spec.get('inputs', {}), cell=dataclasses.asdict(cell),
+      spec.get('inputs', {}), cell=fields,
       certified_points=[int(i) for i in target_indices],
       all_classes_points=None if all_indices is None else [int(i) for i in all_indices])
   return spec

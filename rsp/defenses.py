@@ -28,6 +28,8 @@ Groups (and what a protocol integration calls):
   ``dp_sgd_optimizer`` and ``per_example_grads``.
 * Deep Partition Aggregation (Levine & Feizi, ICLR 2021): ``dpa_partition``,
   ``dpa_votes``, ``dpa_certify``, ``partitions_touched``, ``dpa_certified_accuracy``.
+* ``apply_data_defense``: one detector of ``DETECTORS`` from features to the filtered
+  training set and its ``detection_metrics`` (what ``rsp.defense_cells`` calls).
 
 A caveat that applies to every within-class detector here: PACD perturbs *every*
 training image of the target class, so inside that class there is no clean
@@ -475,6 +477,116 @@ def detection_metrics(scores: Any, is_poison: Any, removed_mask: Any,
 
 
 # ------------------------------------------------------------------------------------
+# One detector, from scores to the filtered training set.
+
+# The data-filtering defenses ``apply_data_defense`` runs; the first three look at a
+# model's features.
+DETECTORS = ('spectral', 'activation_clustering', 'knn', 'random_removal', 'oracle')
+FEATURE_DETECTORS = ('spectral', 'activation_clustering', 'knn')
+
+
+def detector_scores(name: str, *, labels: Any, is_poison: Any, features: Any = None,
+                    seed: int = 0, knn_k: int = 50, ac_num_components: int = 10,
+                    ac_reduction: str = 'pca') -> np.ndarray:
+  """The suspicion scores of detector ``name`` (one of ``DETECTORS``).
+
+  ``'spectral'`` and ``'activation_clustering'`` score each class's features apart
+  (``per_class``), ``'knn'`` all of them at once with ``k = knn_k``,
+  ``'random_removal'`` draws ``random_scores(N, seed=seed)`` and ``'oracle'`` is
+  ``oracle_scores(is_poison)``.
+
+  Args:
+    name: the detector.
+    labels: ``[N]`` labels.
+    is_poison: ``[N]`` bool truth (only the oracle reads it).
+    features: ``[N, D]`` features, for the feature detectors.
+    seed: seeds activation clustering and the random scores.
+    knn_k: the k of deep k-NN.
+    ac_num_components, ac_reduction: as ``activation_clustering``.
+
+  Returns:
+    ``[N]`` float64 scores.
+  """
+  _check('name', name, name in DETECTORS, ', '.join(DETECTORS))
+  y = _vector(labels, 'labels')
+  if name in FEATURE_DETECTORS:
+    _check('features', None if features is None else '<array>', features is not None,
+           f'an [N, D] array for detector {name!r}')
+  if name == 'spectral':
+    return per_class(spectral_scores, features, y)
+  if name == 'activation_clustering':
+    return per_class(activation_clustering_scores, features, y, seed=seed,
+                     num_components=ac_num_components, reduction=ac_reduction)
+  if name == 'knn':
+    return knn_scores(features, y, k=knn_k)
+  if name == 'random_removal':
+    return random_scores(y.shape[0], seed=seed)
+  return oracle_scores(_bool_vector(is_poison, 'is_poison', y.shape[0]))
+
+
+def apply_data_defense(name: str, train_set: Mapping[str, Any], *, is_poison: Any,
+                       budget: int | float,
+                       features_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                       seed: int = 0, target_class: int | None = None,
+                       knn_k: int = 50, ac_num_components: int = 10,
+                       ac_reduction: str = 'pca'
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Scores a training set with detector ``name``, removes the budget, measures it.
+
+  The pipeline of the module docstring: ``features = features_fn(train_set['image'])``
+  (feature detectors only), ``scores = detector_scores(...)``,
+  ``keep = remove_top(scores, m)`` with ``m = budget_count(N, budget)`` (the top scores
+  of all classes ranked together; per-class scores may be on different scales, see
+  ``per_class``), ``filter_dataset(train_set, keep)``. The oracle removes the poisons
+  only: ``m = min(m, number of poisons)``, so on a clean set it removes nothing.
+
+  Args:
+    name: one of ``DETECTORS``.
+    train_set: ``{'image' [N, H, W, C], 'label' [N], ...}``; every array is filtered.
+    is_poison: ``[N]`` bool, the truth the metrics compare with.
+    budget: an integer count in [0, N] or a float fraction in [0, 1] (``budget_count``).
+    features_fn: ``images [N, H, W, C] -> [N, D]`` (e.g. ``penultimate_features`` of a
+      model trained on ``train_set``); required by the feature detectors.
+    seed: as ``detector_scores``.
+    target_class: for ``target_removed_fraction`` (None: not computed).
+    knn_k, ac_num_components, ac_reduction: as ``detector_scores``.
+
+  Returns:
+    ``(filtered_set, detection)``: ``detection`` is ``detection_metrics`` (precision,
+    recall, auroc, removed, true_positives, num_poison, target_removed_fraction) plus
+    ``detector``, ``budget`` (the count m), ``num_before`` (N) and ``removed_indices``
+    (sorted indices into ``train_set``).
+  """
+  _check('name', name, name in DETECTORS, ', '.join(DETECTORS))
+  _check('train_set', type(train_set).__name__,
+         isinstance(train_set, Mapping) and 'image' in train_set and 'label' in train_set,
+         "a dict with 'image' and 'label'")
+  labels = _vector(train_set['label'], "train_set['label']")
+  n = labels.shape[0]
+  poison = _bool_vector(is_poison, 'is_poison', n)
+  m = budget_count(n, budget)
+  if name == 'oracle':
+    m = min(m, int(poison.sum()))
+  features = None
+  if name in FEATURE_DETECTORS:
+    _check('features_fn', features_fn, callable(features_fn),
+           f'a function images -> [N, D] features for detector {name!r}')
+    features = np.asarray(features_fn(np.asarray(train_set['image'])))
+    _check('features_fn(images).shape', features.shape,
+           features.ndim == 2 and features.shape[0] == n, f'[N, D] with N = {n}')
+  scores = detector_scores(name, labels=labels, is_poison=poison, features=features,
+                           seed=seed, knn_k=knn_k, ac_num_components=ac_num_components,
+                           ac_reduction=ac_reduction)
+  keep = remove_top(scores, m)
+  detection = detection_metrics(
+      scores, poison, ~keep, labels=None if target_class is None else labels,
+      target_class=target_class)
+  detection.update(detector=name, budget=m, num_before=n,
+                   removed_indices=[int(i) for i in np.flatnonzero(~keep)])
+  return filter_dataset(train_set, keep), detection
+
+
+# ------------------------------------------------------------------------------------
 # Feature extraction.
 
 
@@ -727,6 +839,11 @@ def per_example_grads(loss_fn: Callable[..., Any], params: Any, batch: Any,
   unchanged; e.g. for ``rsp.robust_training``,
   ``loss_fn = lambda p, b, k: rt.gaussian_loss(p, {}, b, k, apply_fn=...)`` with
   ``has_aux=True``. Feed the result to ``dp_sgd_optimizer(...).update``. Jittable.
+
+  Under ``jit`` with the batch sharded across devices, jax 0.10.2's SPMD partitioning
+  of the vmapped convolution-kernel gradients was wrong on CPU for the examples off the
+  first device (dense layers were right); ``rsp.train`` therefore calls this inside
+  ``jax.shard_map``, each device on its own examples.
 
   Args:
     loss_fn: ``loss_fn(params, batch, key) -> scalar`` (or ``(scalar, aux)`` with

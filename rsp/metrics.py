@@ -442,17 +442,48 @@ def _budget(row: Mapping[str, Any]) -> tuple[Any, ...]:
   return tuple(row.get(k) for k in BUDGET_FIELDS)
 
 
+def defense_of(row: Mapping[str, Any]) -> str:
+  """A row's defense ('none' for rows made before defenses existed)."""
+  return row.get('defense', 'none')
+
+
+def _undefended(row: Mapping[str, Any]) -> bool:
+  return defense_of(row) == 'none'
+
+
+def recovered_fraction(acr_clean: float, acr_undefended: float,
+                       acr_defended: float) -> float:
+  """The fraction of the ACR that the poisons took which a defense gives back:
+  ``(defended - undefended) / (clean - undefended)`` (1: all of it, 0: none, < 0: the
+  defense cost more than it gave back); NaN when the poisons took nothing."""
+  lost = acr_clean - acr_undefended
+  if not np.isfinite(lost) or lost <= 0 or not np.isfinite(acr_defended):
+    return float('nan')
+  return float((acr_defended - acr_undefended) / lost)
+
+
 def add_acr_drops(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """Each row with ``acr_clean``, ``acr_drop`` (clean - poisoned) and
-  ``acr_drop_relative`` ((clean - poisoned) / clean) against the clean row
-  (``poison == 'none'``) of the same training method, architecture, seed, target class
-  and victim sigma (NaN when there is none): one clean victim serves every budget."""
-  clean = {_victim(r): r['acr'] for r in rows if r['poison'] == 'none'}
+  ``acr_drop_relative`` ((clean - poisoned) / clean) against the undefended clean row
+  (``poison == 'none'``, ``defense == 'none'``) of the same training method,
+  architecture, seed, target class and victim sigma (NaN when there is none): one clean
+  victim serves every budget; a defended row's drop is that of the defended victim
+  against the undefended clean one (on the clean training set: the defense's cost).
+  Also ``acr_undefended`` (the ACR of the undefended row of the same training set) and
+  ``acr_recovered_fraction`` (``recovered_fraction``; NaN for undefended rows and for
+  clean training sets)."""
+  clean = {_victim(r): r['acr'] for r in rows if r['poison'] == 'none' and _undefended(r)}
+  plain = {(r['poison_set'], *_victim(r)): r['acr'] for r in rows if _undefended(r)}
   out = []
   for r in rows:
     d = compare_acr(clean.get(_victim(r), float('nan')), r['acr'])
+    undefended = plain.get((r['poison_set'], *_victim(r)), float('nan'))
+    recovered = float('nan')
+    if not _undefended(r) and r['poison'] != 'none':
+      recovered = recovered_fraction(d['acr_clean'], undefended, r['acr'])
     out.append(dict(r, acr_clean=d['acr_clean'], acr_drop=d['acr_drop'],
-                    acr_drop_relative=d['acr_drop_relative']))
+                    acr_drop_relative=d['acr_drop_relative'], acr_undefended=undefended,
+                    acr_recovered_fraction=recovered))
   return out
 
 
@@ -461,13 +492,13 @@ def add_paired_comparisons(rows: Sequence[Mapping[str, Any]],
                            baseline: str = 'random') -> list[dict[str, Any]]:
   """Each row with ``vs_clean`` and ``vs_random``, paired over the certified points.
 
-  ``vs_clean`` (every poisoned row): ``paired_difference`` of the row's effective radii
-  against those of the clean victim of the same training method, architecture, seed,
-  target class and victim sigma; its mean is ``acr - acr_clean``. ``vs_random`` (PACD
-  rows): against the victim trained on the ``baseline`` poisons of the same budget
-  (eps, poisoned fraction) with the same method, architecture, seed, target class and
-  victim sigma; a negative mean is a larger drop than the baseline's. None where there
-  is no such row.
+  ``vs_clean`` (every row but the undefended clean one): ``paired_difference`` of the
+  row's effective radii against those of the undefended clean victim of the same
+  training method, architecture, seed, target class and victim sigma; its mean is
+  ``acr - acr_clean``. ``vs_random`` (PACD rows): against the victim trained on the
+  ``baseline`` poisons of the same budget (eps, poisoned fraction) with the same
+  method, architecture, seed, target class, victim sigma and defense; a negative mean
+  is a larger drop than the baseline's. None where there is no such row.
 
   Args:
     rows: protocol rows (``cell``, ``poison``, ``train_method``, ``arch``, ``seed``, and
@@ -476,16 +507,17 @@ def add_paired_comparisons(rows: Sequence[Mapping[str, Any]],
       the same order for every pair of compared cells.
     baseline: the poison kind PACD is compared with.
   """
-  by_kind = {(r['poison'], *_victim(r), *_budget(r)): r['cell'] for r in rows}
+  by_kind = {(r['poison'], defense_of(r), *_victim(r), *_budget(r)): r['cell'] for r in rows}
   unpoisoned = (None,) * len(BUDGET_FIELDS)
 
-  def compare(row, kind, budget):
-    other = by_kind.get((kind, *_victim(row), *budget))
+  def compare(row, kind, defense, budget):
+    other = by_kind.get((kind, defense, *_victim(row), *budget))
     return None if other is None else paired_difference(radii[other], radii[row['cell']])
 
-  return [dict(r, vs_clean=None if r['poison'] == 'none' else compare(r, 'none',
-                                                                      unpoisoned),
-               vs_random=(compare(r, baseline, _budget(r)) if r['poison'] == 'pacd'
+  return [dict(r, vs_clean=(None if r['poison'] == 'none' and _undefended(r) else
+                            compare(r, 'none', 'none', unpoisoned)),
+               vs_random=(compare(r, baseline, defense_of(r), _budget(r))
+                          if r['poison'] == 'pacd'
                           else None))
           for r in rows]
 
@@ -494,7 +526,11 @@ def add_paired_comparisons(rows: Sequence[Mapping[str, Any]],
 AGGREGATED = ('acr', 'acr_drop', 'acr_drop_relative', 'certified_accuracy',
               'abstain_rate', 'clean_accuracy', 'target_accuracy', 'acr_all_classes',
               'acr_non_target', 'certified_accuracy_non_target',
-              'clean_accuracy_non_target')
+              'clean_accuracy_non_target', 'acr_recovered_fraction')
+# The detection fields (a detector row's ``detection``) aggregated as
+# ``detection_<field>_mean`` and ``_ci``.
+DETECTION_AGGREGATED = ('precision', 'recall', 'auroc', 'removed',
+                        'target_removed_fraction')
 
 
 def _curve_interval(members: Sequence[Mapping[str, Any]],
@@ -514,17 +550,19 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
   """Rows grouped over victim seeds, with means and Student-t intervals.
 
   One entry per training method x architecture x training set x setting (the rows'
-  ``VICTIM_FIELDS`` and ``BUDGET_FIELDS``), in first-appearance order, with
+  ``VICTIM_FIELDS`` and ``BUDGET_FIELDS``) x defense, in first-appearance order, with
   ``train_method``, ``arch``, ``poison``, ``crafted_against``, ``poison_set``, those
-  setting fields and ``sweep_axis`` (None where the rows have none), ``seeds``,
-  ``num_certified``, ``time`` (summed) and:
+  setting fields, ``sweep_axis`` (None where the rows have none), ``defense``,
+  ``seeds``, ``num_certified``, ``time`` (summed) and:
 
   * for each field m of ``AGGREGATED`` that every member has: ``m_mean``, ``m_std`` and
     ``m_ci`` (``t_interval``; std and ci None for one seed);
   * ``certified_accuracy_curve``: ``{'radius', 'mean', 'ci'}``, the interval per radius;
   * ``acr_vs_random`` (PACD entries): ``paired_t_test`` over the seeds of the members'
-    ACR against the ``baseline`` victims' of the same seeds and setting (None without
-    them).
+    ACR against the ``baseline`` victims' of the same seeds, setting and defense (None
+    without them);
+  * detectors: ``detection_<f>_mean``, ``_std``, ``_ci`` for each f of
+    ``DETECTION_AGGREGATED`` (None values, e.g. the recall on a clean set, give NaN).
 
   Args:
     rows: protocol rows with drops (``add_acr_drops``).
@@ -535,14 +573,14 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
   groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
   for r in rows:
     groups.setdefault((r['train_method'], r['arch'], r['poison'], r['crafted_against'],
-                       *(r.get(k) for k in setting)), []).append(r)
-  acr = {(r['poison'], *_victim(r), *_budget(r)): r['acr'] for r in rows}
+                       *(r.get(k) for k in setting), defense_of(r)), []).append(r)
+  acr = {(r['poison'], defense_of(r), *_victim(r), *_budget(r)): r['acr'] for r in rows}
   out = []
-  for (method, arch, poison, crafted_against, *values), members in groups.items():
+  for (method, arch, poison, crafted_against, *values, defense), members in groups.items():
     entry = {'train_method': method, 'arch': arch, 'poison': poison,
              'crafted_against': crafted_against, 'poison_set': members[0]['poison_set'],
              **dict(zip(setting, values)),
-             'sweep_axis': members[0].get('sweep_axis'),
+             'sweep_axis': members[0].get('sweep_axis'), 'defense': defense,
              'seeds': [int(m['seed']) for m in members],
              'num_certified': int(members[0]['num_certified']),
              'time': float(sum(m['time'] for m in members))}
@@ -551,10 +589,15 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
         s = t_interval([m[name] for m in members], confidence=confidence)
         entry.update({f'{name}_mean': s['mean'], f'{name}_std': s['std'],
                       f'{name}_ci': s['ci']})
+    if all(m.get('detection') for m in members):
+      for name in DETECTION_AGGREGATED:
+        s = t_interval([m['detection'].get(name) for m in members], confidence=confidence)
+        entry.update({f'detection_{name}_mean': s['mean'],
+                      f'detection_{name}_std': s['std'], f'detection_{name}_ci': s['ci']})
     entry['certified_accuracy_curve'] = _curve_interval(members, confidence)
     if poison == 'pacd':
-      pairs = [(acr[(baseline, *_victim(m), *_budget(m))], m['acr']) for m in members
-               if (baseline, *_victim(m), *_budget(m)) in acr]
+      pairs = [(acr[(baseline, defense, *_victim(m), *_budget(m))], m['acr'])
+               for m in members if (baseline, defense, *_victim(m), *_budget(m)) in acr]
       entry['acr_vs_random'] = (paired_t_test(*zip(*pairs), confidence=confidence)
                                 if pairs else None)
     out.append(entry)
@@ -565,13 +608,13 @@ def transfer_matrix(aggregates: Sequence[Mapping[str, Any]]) -> dict[str, Any] |
   """The relative ACR drop of PACD victims as a matrix, with its intervals.
 
   Rows: the training method the poisons were crafted against; columns: the victim
-  (``method/arch``). None unless there are several of either.
+  (``method/arch``); undefended victims only. None unless there are several of either.
 
   Returns:
     ``{'crafted_against': [...], 'victims': [...], 'acr_drop_relative': [[mean]],
     'acr_drop_relative_ci': [[[low, high] or None]]}`` (None where no victim is).
   """
-  pacd = [a for a in aggregates if a['poison'] == 'pacd']
+  pacd = [a for a in aggregates if a['poison'] == 'pacd' and _undefended(a)]
   rows = list(dict.fromkeys(a['crafted_against'] for a in pacd))
   victims = list(dict.fromkeys(f'{a["train_method"]}/{a["arch"]}' for a in pacd))
   if len(rows) < 2 and len(victims) < 2:

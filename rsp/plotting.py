@@ -302,3 +302,56 @@ def plot_sweep(series: Sequence[Mapping[str, Any]], path: str | None = None, *,
     ax.set_title(title, fontsize='medium')
   _save(fig, path)
   return fig
+
+
+def plot_acr_by_defense(aggregates: Sequence[Mapping[str, Any]], path: str | None = None,
+                        *, label: Callable[[Mapping[str, Any]], str] | None = None,
+                        title: str | None = None) -> Figure:
+  """Grouped bars of the target-class ACR: one group per defense (and victim), one bar
+  per training set (clean beside poisoned), with the interval over seeds.
+
+  Args:
+    aggregates: ``rsp.metrics.aggregate_rows`` output (keys ``defense``, ``poison_set``,
+      ``train_method``, ``arch``, ``acr_mean``, ``acr_ci``: None for one seed, no error
+      bar); entries without ``defense`` are undefended ('none').
+    path: PNG to write; None to only return the figure.
+    label: legend entry of a training set's bars (default: its ``poison_set``).
+    title: figure title.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` (Agg canvas; no pyplot state).
+  """
+  if not aggregates:
+    raise ValueError('aggregates is empty; nothing to plot.')
+  label = label or (lambda a: a['poison_set'])
+  groups = list(dict.fromkeys((a.get('defense', 'none'), a['train_method'], a['arch'])
+                              for a in aggregates))
+  sets = list(dict.fromkeys(a['poison_set'] for a in aggregates))
+  several_victims = len({g[1:] for g in groups}) > 1
+  width = 0.8 / len(sets)
+  fig = Figure(figsize=(max(4.5, 0.35 * len(groups) * len(sets) + 2.5), 4.2),
+               layout='constrained')
+  ax = fig.subplots()
+  seen = set()
+  for a in aggregates:
+    g = groups.index((a.get('defense', 'none'), a['train_method'], a['arch']))
+    j = sets.index(a['poison_set'])
+    mean = a['acr_mean']
+    mean = float('nan') if mean is None else mean
+    ci = a.get('acr_ci')
+    yerr = (None if ci is None or not np.isfinite(mean) else
+            [[mean - ci[0]], [ci[1] - mean]])
+    name = label(a)
+    ax.bar(g - 0.4 + width * (j + 0.5), mean, width=width, yerr=yerr, capsize=2,
+           color=f'C{j % 10}', label=None if name in seen else name)
+    seen.add(name)
+  ax.set_xticks(np.arange(len(groups)),
+                [f'{d}\n{m}/{arch}' if several_victims else d for d, m, arch in groups],
+                fontsize='small', rotation=30 if len(groups) > 6 else 0)
+  ax.set_ylabel('target-class ACR')
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(fontsize='small')
+  if title:
+    ax.set_title(title)
+  _save(fig, path)
+  return fig

@@ -17,6 +17,11 @@ r"""The evaluation protocol: poison, train victims from scratch, certify, report
 4. computes drops, paired comparisons and intervals (``rsp.metrics``), writes
    ``results.json`` and ``results.md``, then the figures (``rsp.report``).
 
+Defenses (``config.defenses``, ``rsp.defense_cells``): every defense but 'none' adds a
+cell per victim of the grid (detectors and training-time defenses, certified like the
+others) or per training set and seed ('dpa', Deep Partition Aggregation, whose rows go
+to ``results['dpa']``).
+
 The grid (cells, poison sets, sweeps, checks) is resolved by ``rsp.cells``; many workers
 sharing one workdir, reports of a partial workdir and a launcher are in ``rsp.fanout``.
 
@@ -59,6 +64,7 @@ from rsp import baselines
 from rsp import cells as cells_lib
 from rsp import certification
 from rsp import data as data_lib
+from rsp import defense_cells
 from rsp import metrics
 from rsp import report
 from rsp import train as train_lib
@@ -217,7 +223,9 @@ def run_cell(config: ml_collections.ConfigDict, cell: cells_lib.Cell, *,
   classes),
   ``num_train_examples``, the certification summary (``rsp.metrics.victim_summary``:
   ``acr``, ``certified_accuracy``, ``target_accuracy``, ...), ``train_seconds``,
-  ``certify_seconds`` and ``time``.
+  ``certify_seconds`` and ``time``; a detector's row also ``detection``
+  (``rsp.defense_cells``). A 'dpa' cell returns ``rsp.defense_cells.run_dpa_cell``'s
+  row instead.
   """
   cell_dir = os.path.join(workdir, 'cells', cell.name)
   result_path = os.path.join(cell_dir, 'result.json')
@@ -226,11 +234,31 @@ def run_cell(config: ml_collections.ConfigDict, cell: cells_lib.Cell, *,
   workdir_lib.write_json(os.path.join(cell_dir, 'spec.json'),
                          cells_lib.cell_spec(config, cell, target_indices, all_indices))
   victim = cells_lib.victim_config(config, cell)
+  target_class = cells_lib.cell_class(config, cell)
+  if cell.defense in (defense_cells.DPA, *defense_cells.DETECTORS):
+    masked = training_set(cell, defense_cells.with_masks(
+        splits['train'], poison_sets, cell.poison_set, target_class), poison_sets, victim)
+  if cell.defense == defense_cells.DPA:
+    return defense_cells.run_dpa_cell(
+        config,
+        dict(dataclasses.asdict(cell), cell=cell.name, poison_set=cell.poison_set),
+        train_set=masked, test=splits['test'], target_indices=target_indices,
+        victim=victim, seed=cell.seed, cell_dir=cell_dir,
+        num_classes=data_lib.info(config.dataset)['num_classes'])
   train_dir = os.path.join(cell_dir, 'train')
+  detection = None
+  if cell.defense in defense_cells.DETECTORS:
+    train_set, detection = defense_cells.filter_training_set(
+        config, cell.defense, masked, seed=cell.seed, target_class=target_class,
+        feature_dir=os.path.join(workdir, 'cells',
+                                 dataclasses.replace(cell, defense='none').name, 'train'),
+        path=os.path.join(cell_dir, 'detection.json'))
+    victim = defense_cells.retraining_config(victim)
   if os.path.isfile(os.path.join(train_dir, 'summary.json')):
     trained = train_lib.load_trained(train_dir)
   else:
-    train_set = training_set(cell, splits['train'], poison_sets, victim)
+    if detection is None:
+      train_set = training_set(cell, splits['train'], poison_sets, victim)
     trained = train_lib.train(victim, {'train': train_set, 'test': splits['test']},
                               train_dir)
   sigma = cells_lib.certification_sigma(config, victim)
@@ -261,6 +289,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: cells_lib.Cell, *,
           target_class=setting['target_class'],
           class_counts=np.bincount(test['label'], minlength=len(per_class)),
           num_classes=trained.num_classes),
+      **defense_cells.detection_row(detection),
       train_seconds=train_seconds, certify_seconds=certify_seconds,
       time=train_seconds + certify_seconds)
   workdir_lib.write_json(result_path, row)
@@ -392,6 +421,8 @@ def write_results(plan: Plan, poison_sets: Mapping[str, PoisonSet],
   """Computes drops, comparisons, aggregates and sweep curves of the finished ``rows``;
   writes results.json and results.md, then the figures."""
   config, workdir = plan.config, plan.workdir
+  dpa_rows = [r for r in rows if r.get('defense') == defense_cells.DPA]
+  rows = [r for r in rows if r.get('defense') != defense_cells.DPA]
   cells = {c.name: c for c in plan.cells}
   points = {r['cell']: _certified_points(workdir, r['cell'],
                                          plan.indices(cells[r['cell']])[0])
@@ -415,13 +446,14 @@ def write_results(plan: Plan, poison_sets: Mapping[str, PoisonSet],
           [a for a in aggregates if a.get('sweep_axis') is None]),
       'sweeps': {axis: metrics.sweep_series(aggregates, axis) for axis in axes},
       'poisons': poisons,
+      'dpa': dpa_rows,
       'certified_points': [int(i) for i in base_indices],
       'certified_points_by_class': {str(k): [int(i) for i in v[0]]
                                     for k, v in plan.points.items()},
       'missing': {k: list(v) for k, v in (missing or {}).items()},
       'machine': report.machine_info(),
       'total_seconds': (sum(p['seconds'] for p in poisons.values()) +
-                        sum(r['time'] for r in rows)),
+                        sum(r['time'] for r in rows + dpa_rows)),
       'figures': [],
   }
   # The results first: a figure that fails loses no number.
@@ -471,6 +503,7 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     compute = functools.partial(compute_cell, plan, cell, poison_sets)
     rows.append(compute() if plan.cell_done(cell) else
                 record_computation(workdir, cell.name, compute))
-    logging.info('Protocol cell %d/%d %s: ACR %.4f, clean accuracy %.4f.', i + 1,
-                 len(plan.cells), cell.name, rows[-1]['acr'], rows[-1]['clean_accuracy'])
+    logging.info('Protocol cell %d/%d %s: ACR %s, clean accuracy %.4f.', i + 1,
+                 len(plan.cells), cell.name, rows[-1].get('acr'),
+                 rows[-1]['clean_accuracy'])
   return write_results(plan, poison_sets, rows, t_start)

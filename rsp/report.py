@@ -20,7 +20,14 @@ ACR drop), ``poisons`` (per poison set: ``poison``, ``crafted_against``, ``setti
 (test indices of the base target class) and ``certified_points_by_class``,
 ``missing`` (``poison_sets`` and ``cells`` not finished: a report of a grid still
 running), ``machine``, ``total_seconds`` (recorded compute of attacks and cells),
-``wall_seconds`` (the invocation) and ``figures`` (paths relative to the workdir).
+``wall_seconds`` (the invocation), ``figures`` (paths relative to the workdir) and
+``dpa`` (the rows of Deep Partition Aggregation, ``rsp.defense_cells.run_dpa_cell``;
+empty without a 'dpa' defense).
+
+Rows of defended victims (``defense`` other than 'none'; ``rsp.defense_cells``) are
+left out of the undefended tables and figures and shown in a defenses table of their
+own (with the undefended rows as the reference), with a figure of the ACR per defense;
+DPA, which has no ACR, has its own table.
 
 Every aggregated cell shows the mean over victim seeds and, with two seeds or more, its
 95% confidence interval (Student t over the seeds) in one cell, e.g. an ACR drop of
@@ -296,6 +303,67 @@ def _missing_section(missing: Mapping[str, Sequence[str]] | None) -> list[str]:
   return lines + ['']
 
 
+def _defended(entries: Sequence[Mapping[str, Any]]) -> bool:
+  return any(metrics.defense_of(e) != 'none' for e in entries)
+
+
+def _undefended(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+  return [e for e in entries if metrics.defense_of(e) == 'none']
+
+
+def _detection_cell(a: Mapping[str, Any], name: str) -> str:
+  if f'detection_{name}_mean' not in a:
+    return '-'
+  digits = 0 if name == 'removed' else 3
+  return format_interval(a[f'detection_{name}_mean'], a.get(f'detection_{name}_ci'),
+                         digits=digits)
+
+
+def _defense_table(aggregates: Sequence[Mapping[str, Any]], interval: str) -> list[str]:
+  order = list(dict.fromkeys(metrics.defense_of(a) for a in aggregates))
+  body = []
+  for a in sorted(aggregates, key=lambda a: order.index(metrics.defense_of(a))):
+    undefended = metrics.defense_of(a) == 'none'
+    drop = ('-' if undefended and a['poison'] == 'none' else
+            _cell(a, 'acr_drop_relative', percent=True))
+    recovered = ('-' if undefended or a['poison'] == 'none' else
+                 _cell(a, 'acr_recovered_fraction', percent=True))
+    body.append([metrics.defense_of(a)] + _who(a) + [
+        str(len(a['seeds'])), _cell(a, 'acr'), drop, recovered] +
+        [_detection_cell(a, n) for n in ('precision', 'recall', 'auroc', 'removed')] +
+        [_cell(a, 'clean_accuracy'), _cell(a, 'target_accuracy')])
+  return _table(['defense', 'training method', 'arch', 'training set', 'seeds',
+                 f'ACR{interval}', f'ACR drop vs undefended clean{interval}',
+                 f'recovered of the ACR lost{interval}', f'precision{interval}',
+                 f'recall{interval}', f'AUROC{interval}', f'removed{interval}',
+                 f'clean acc.{interval}', f'target acc.{interval}'], body)
+
+
+def _fraction(x: Any) -> str:
+  return '-' if not _finite(x) else f'{x:.3f}'
+
+
+def _dpa_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  body = []
+  for r in rows:
+    sizes = r['partition_sizes']
+    touched = r['partitions_touched']
+    body.append([
+        poison_label(r['poison'], r['crafted_against']), str(r['seed']),
+        str(r['dpa_partitions']), f'{sizes[0]} / {sizes[1]:g} / {sizes[2]}',
+        _fraction(r['clean_accuracy']), _fraction(r['target_accuracy']),
+        _fraction(r['certified_accuracy']), str(r['modified_images']),
+        str(r['dpa_budget']), str(r['max_certifiable']),
+        _fraction(r['certified_accuracy_at_budget']),
+        '-' if touched is None else str(touched),
+        _fraction(r['certified_accuracy_at_touched'])])
+  return _table(['training set', 'seed', 'k', 'partition sizes (min / median / max)',
+                 'clean acc.', 'target acc.', 'certified acc. r >= 1 (target)',
+                 'modified images m', 'budget 2m', 'largest r (k/2)',
+                 'certified acc. r >= 2m (target)', 'partitions touched',
+                 'certified acc. r >= touched (target)'], body)
+
+
 def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True) -> str:
   """The person-readable report of ``results`` (what ``results.md`` holds).
 
@@ -306,8 +374,9 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
   cfg = results['config']
   c = cfg['certify']
   machine = results['machine']
-  aggregates = results['aggregates']
-  most_seeds = max((len(a['seeds']) for a in aggregates), default=1)
+  all_aggregates = results['aggregates']
+  aggregates = _undefended(all_aggregates)
+  most_seeds = max((len(a['seeds']) for a in all_aggregates), default=1)
   spread = ('Each cell: the mean over the victim seeds [95% confidence interval, '
             'Student t with n - 1 degrees of freedom over the n seeds].'
             if most_seeds >= 2 else
@@ -339,7 +408,7 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
             'of the same point for the clean victim (and, for PACD, the random ±eps '
             'victim) of the same seed: mean ± standard error over the points, and how '
             'many points fell or rose.', '']
-  lines += _paired_table(results['rows'])
+  lines += _paired_table(_undefended(results['rows']))
   radius_table = _radius_table(aggregates)
   if radius_table:
     lines += ['', '## Certified accuracy at radius r (target class)', ''] + radius_table
@@ -356,6 +425,38 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
               'victim (training method / architecture).', '']
     lines += _transfer_table(matrix)
   lines += _sweep_section(results)
+  if _defended(all_aggregates):
+    budget = cfg.get('defense_budget', -1)
+    lines += ['', '## Defenses', '',
+              'Each defended victim is trained from scratch like the undefended one of '
+              'its row: with a training-time defense (the fields of '
+              '`config.training_defenses`), or, for a detector, on the training set '
+              'without the points it flags on the undefended victim\'s penultimate '
+              'features (' + ('as many as the poison sets modify' if budget == -1 else
+                              f'budget {budget:g}') + '; removed: how many). ACR drop: '
+              'against the undefended victim of the clean training set (on the clean '
+              'set: what the defense costs). Recovered: (ACR defended - ACR undefended) '
+              '/ (ACR undefended clean - ACR undefended), on the same poisoned training '
+              'set. Precision, recall and AUROC of the detector\'s scores against the '
+              'known poisons (under PACD every target-class training image is a poison, '
+              'so recall is the fraction of the target class removed).', '']
+    lines += _defense_table(all_aggregates, ' [95% CI]' if most_seeds >= 2 else '')
+  dpa = results.get('dpa') or []
+  if dpa:
+    lines += ['', '## Deep Partition Aggregation (not a smoothing certificate)', '',
+              f'Levine & Feizi (2021): {dpa[0]["dpa_partitions"]} base classifiers '
+              f'(`{dpa[0]["train_method"]}` {dpa[0]["arch"]}) on content-hash partitions '
+              'of the training set; a test point\'s certificate r is the number of '
+              'training-set insertions or removals that cannot change the plurality vote '
+              '(at most k/2). A modified image is one removal and one insertion, so the '
+              'm modified images of a poison set count twice: a budget of 2m. Partitions '
+              'touched: those whose training set the poisons actually change (the check '
+              'against this poison set). No ACR: these rows are not in the tables '
+              'above.', '']
+    lines += _dpa_table(dpa)
+    lines += [''] + [f'- {label}: {statement}' for label, statement in dict.fromkeys(
+        (poison_label(r['poison'], r['crafted_against']), r['statement'])
+        for r in dpa)]
   if results['poisons']:
     lines += ['', '## Poisons: perturbation statistics', ''] + _poison_table(
         results['poisons'])
@@ -369,9 +470,9 @@ def results_markdown(results: Mapping[str, Any], *, include_figures: bool = True
             '',
             f'Recorded compute: {_duration(results["total_seconds"])} in all'
             + (f' (attacks: {", ".join(times)}; ' if times else ' (')
-            + f'victims: {_duration(sum(r["time"] for r in results["rows"]))} for '
-            f'{len(results["rows"])} trainings and certifications). This invocation: '
-            f'{_duration(results["wall_seconds"])} of wall time.']
+            + f'victims: {_duration(sum(r["time"] for r in results["rows"] + dpa))} '
+            f'for {len(results["rows"]) + len(dpa)} trainings and certifications). This '
+            f'invocation: {_duration(results["wall_seconds"])} of wall time.']
   if include_figures and results.get('figures'):
     lines += ['', '## Figures', '']
     lines += [f'![{os.path.basename(f)}]({f})' for f in results['figures']]
@@ -412,10 +513,12 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
   * ``acr_drop.png``: the relative ACR drop per poisoned cell, with its interval;
   * ``sweep_<axis>.png`` for each sweep axis: the relative ACR drop against the axis,
     with its 95% confidence band over the seeds, one curve per poisoned training set
-    (PACD beside the random baseline of the same budget).
+    (PACD beside the random baseline of the same budget);
+  * ``acr_defenses.png`` (with defended rows): the ACR per defense, one bar per
+    training set, with its interval.
 
-  The certified-accuracy and ACR-drop figures show the base point of a sweep (its
-  other points are in the sweep figures).
+  The certified-accuracy and ACR-drop figures show the undefended victims at the base
+  point of a sweep (its other points are in the sweep figures).
 
   Args:
     results: the protocol's results (``config``, ``rows``, ``aggregates``).
@@ -430,8 +533,9 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
   cfg = results['config']
   workdir_lib.ensure_directory(os.path.join(workdir, 'figures'), name='figures directory')
   out = []
-  rows = [r for r in results['rows'] if r.get('sweep_axis') is None]
-  aggregates = [a for a in results['aggregates'] if a.get('sweep_axis') is None]
+  rows = _undefended([r for r in results['rows'] if r.get('sweep_axis') is None])
+  aggregates = _undefended([a for a in results['aggregates']
+                            if a.get('sweep_axis') is None])
   for arch in dict.fromkeys(r['arch'] for r in rows):
     panels: dict[str, dict[str, Any]] = {}
     for a in aggregates:
@@ -482,6 +586,12 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
         categorical=axis == 'target_class', log_x=axis == 'eps',
         title=f'{cfg["name"]}: target-class ACR drop against the '
               f'{AXIS_NAMES[axis]} (95% CI over seeds)')
+  if _defended(results['aggregates']):
+    rel = os.path.join('figures', 'acr_defenses.png')
+    plotting.plot_acr_by_defense(
+        results['aggregates'], os.path.join(workdir, rel),
+        label=lambda a: poison_label(a['poison'], a['crafted_against']),
+        title=f'{cfg["name"]}: target-class ACR per defense')
     out.append(rel)
   return out
 

@@ -6,7 +6,11 @@ Every loss is called as::
 
 * ``params``: trainable parameters (differentiated); ``state``: the rest of the model's
   variables (BatchNorm statistics, ``{}`` if none), threaded through and returned.
-* ``batch``: ``{'image': [B, H, W, C] float32 in [0, 1], 'label': [B] int32}``.
+* ``batch``: ``{'image': [B, H, W, C] float32 in [0, 1], 'label': [B] int32}``; the
+  ``standard`` and ``gaussian`` losses also take ``'soft_label'`` ``[B, K]`` (mixup's
+  soft targets, ``rsp.defenses.mixup``), which then replaces ``'label'`` as the target
+  of the cross-entropy (``'label'`` only feeds the accuracy metric); ``macer`` and
+  ``smoothadv`` refuse it.
 * ``key``: a ``jax.random`` key for the noise (and nothing else).
 * ``apply_fn(params, state, images, train) -> (logits, new_state)``, as made by
   ``rsp.models.make_train_apply_fn``.
@@ -110,6 +114,24 @@ def _accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+def _batch_cross_entropy(logits: jax.Array, labels: jax.Array, batch: Batch,
+                         num_noise: int = 1) -> jax.Array:
+  """Cross-entropy against ``batch['soft_label']`` (each row repeated ``num_noise``
+  times, as ``add_gaussian_noise`` tiles the images) if the batch has soft labels,
+  else against the integer ``labels``."""
+  if 'soft_label' not in batch:
+    return cross_entropy(logits, labels)
+  soft = jnp.repeat(batch['soft_label'], num_noise, axis=0)
+  return optax.softmax_cross_entropy(logits, soft).mean()
+
+
+def _refuse_soft_labels(method: str, batch: Batch) -> None:
+  if 'soft_label' in batch:
+    raise ValueError(f"batch has 'soft_label' (mixup), but the {method} loss takes "
+                     'integer labels only; accepted with soft labels: standard, '
+                     'gaussian.')
+
+
 def _check(name: str, value: Any, ok: bool, accepted: str) -> None:
   if not ok:
     raise ValueError(f'{name}={value!r} is invalid; accepted: {accepted}.')
@@ -125,10 +147,11 @@ def _is_static(x) -> bool:
 
 def standard_loss(params, state, batch: Batch, key: jax.Array, *,
                   apply_fn: TrainApplyFn, train: bool = True):
-  """Cross-entropy on clean images (``key`` is unused)."""
+  """Cross-entropy on clean images (``key`` is unused); against ``batch['soft_label']``
+  if given (mixup)."""
   del key
   logits, state = apply_fn(params, state, batch['image'], train)
-  loss = cross_entropy(logits, batch['label'])
+  loss = _batch_cross_entropy(logits, batch['label'], batch)
   return loss, (state, {'loss': loss, 'accuracy': _accuracy(logits, batch['label'])})
 
 
@@ -138,7 +161,9 @@ def gaussian_loss(params, state, batch: Batch, key: jax.Array, *,
   """Gaussian data augmentation (Cohen, Rosenfeld & Kolter 2019).
 
   ``L = 1/(B m) sum_i sum_j CE(z(x_i + eta_ij), y_i)``, ``eta_ij ~ N(0, sigma^2 I)``,
-  ``m = num_noise``. With ``sigma = 0`` it is the standard cross-entropy.
+  ``m = num_noise``. With ``sigma = 0`` it is the standard cross-entropy. With
+  ``batch['soft_label']`` (mixup of the clean images, then the noise) the target of
+  ``CE`` is that soft label.
   """
   _check('sigma', sigma, not _is_static(sigma) or sigma >= 0, 'sigma >= 0')
   _check('num_noise', num_noise, isinstance(num_noise, int) and num_noise >= 1,
@@ -146,7 +171,7 @@ def gaussian_loss(params, state, batch: Batch, key: jax.Array, *,
   noisy = add_gaussian_noise(key, batch['image'], sigma, num_noise)
   labels = jnp.repeat(batch['label'], num_noise)
   logits, state = apply_fn(params, state, noisy, train)
-  loss = cross_entropy(logits, labels)
+  loss = _batch_cross_entropy(logits, labels, batch, num_noise)
   return loss, (state, {'loss': loss, 'accuracy': _accuracy(logits, labels)})
 
 
@@ -171,6 +196,7 @@ def macer_loss(params, state, batch: Batch, key: jax.Array, *,
   _check('gamma', gamma, not _is_static(gamma) or gamma > 0, 'gamma > 0')
   _check('beta', beta, not _is_static(beta) or beta > 0, 'beta > 0')
   _check('alpha', alpha, not _is_static(alpha) or 0 <= alpha < 0.5, '0 <= alpha < 0.5')
+  _refuse_soft_labels('macer', batch)
   b = batch['image'].shape[0]
   labels = batch['label']
   noisy = add_gaussian_noise(key, batch['image'], sigma, num_noise)
@@ -274,6 +300,7 @@ def smoothadv_loss(params, state, batch: Batch, key: jax.Array, *,
   _check('epsilon', epsilon, not _is_static(epsilon) or epsilon >= 0, 'epsilon >= 0')
   _check('num_steps', num_steps, isinstance(num_steps, int) and num_steps >= 1,
          'an integer >= 1')
+  _refuse_soft_labels('smoothadv', batch)
   images, labels = batch['image'], batch['label']
   b = images.shape[0]
   noise = sigma * jax.random.normal(key, (b, num_noise, *images.shape[1:]), images.dtype)

@@ -29,6 +29,7 @@ CONFIGS = {
     'protocol': (None, common.CPU_MODES, 'small'),
     'protocol_transfer': (None, common.CPU_MODES, 'small'),
     'protocol_sweep': (None, common.CPU_MODES, 'small'),
+    'protocol_defenses': (None, common.CPU_MODES, 'small'),
     'protocol_mnist_paper': (None, ('paper',), 'paper'),
     'protocol_cifar10_paper': (None, ('paper',), 'paper'),
 }
@@ -171,7 +172,33 @@ def test_shrink_to_tiny_of_a_protocol_shrinks_every_victim():
   common.shrink_to_tiny(config)
   for victim in config.victims.values():
     assert (victim.train_subset, victim.batch_size, victim.num_epochs) == (800, 100, 1)
+  dpa = config.dpa_victim  # DPA's base classifiers too, checkpointed at the end only.
+  assert (dpa.train_subset, dpa.batch_size, dpa.num_epochs, dpa.method) == (
+      800, 100, 1, 'standard')
+  assert dpa.checkpoint_every_epochs == 1
   assert config.num_figure_images == 4
+
+
+def test_protocol_defenses_grids():
+  """small: 8 smoothing defenses on the clean and the PACD set (16 victims) and DPA on
+  each; tiny also the oracle. Training-time defenses set rsp.train's fields."""
+  for mode, num_defenses in (('small', 9), ('tiny', 10)):
+    config = _module('protocol_defenses').get_config(mode)
+    cells = protocol.resolve_cells(config)
+    assert len(cells) == 2 * num_defenses, mode
+    assert [c.defense for c in cells].count('dpa') == 2
+    assert {c.poison for c in cells} == {'none', 'pacd'}
+  small = _module('protocol_defenses').get_config('small')
+  assert (small.certify.n, small.certify.num_points, small.dpa_partitions) == (
+      2_000, 100, 20)
+  assert small.victims.gaussian.num_epochs == 40 and small.defense_budget == -1
+  victim = protocol.victim_config(small, protocol.Cell('gaussian', 'lenet', 'pacd',
+                                                       'gaussian', 0, 'dp_sgd'))
+  assert victim.dp_sgd.enabled and victim.optimizer == 'sgd' and victim.num_epochs == 5
+  victim = protocol.victim_config(small, protocol.Cell('gaussian', 'lenet', 'none', '',
+                                                       0, 'purify_bit_depth'))
+  assert (victim.purify.kind, victim.purify.bits) == ('bit_depth', 3)
+  assert small.victims.gaussian.purify.kind == 'none'  # The undefended one untouched.
 
 
 def test_macer_constants_are_the_loss_defaults():

@@ -261,6 +261,79 @@ def test_detection_metrics_hand_computed():
 
 
 # ------------------------------------------------------------------------------------
+# apply_data_defense: one detector from features to the filtered set.
+
+
+def _planted_set():
+  """220 points of 2 classes: class 1 holds the 20 planted (shifted) points and 100
+  clean ones; the features are the points themselves (a flat 'image')."""
+  x, planted = _planted_shift()
+  labels = np.zeros(len(x), np.int64)
+  labels[100:] = 1
+  ds = {'image': x.reshape(len(x), 20, 1, 1).astype(np.float32), 'label': labels,
+        'index': np.arange(len(x))}
+  return ds, planted
+
+
+def _as_features(images):
+  return np.asarray(images).reshape(len(images), -1)
+
+
+@pytest.mark.parametrize('name', d.DETECTORS)
+def test_apply_data_defense_removes_the_budget_and_measures_it(name):
+  """Every detector removes the budget (the oracle: the poisons within it), filters
+  every array alike, and its detection record is detection_metrics of its own scores
+  and removals."""
+  ds, planted = _planted_set()
+  filtered, det = d.apply_data_defense(name, ds, is_poison=planted, budget=20,
+                                       features_fn=_as_features, seed=0, target_class=1,
+                                       knn_k=5)
+  assert det['detector'] == name and det['budget'] == 20 and det['num_before'] == 220
+  assert det['removed'] == 20 and len(det['removed_indices']) == 20
+  kept = np.setdiff1d(np.arange(220), det['removed_indices'])
+  np.testing.assert_array_equal(filtered['index'], kept)
+  np.testing.assert_array_equal(filtered['label'], ds['label'][kept])
+  removed = np.zeros(220, bool)
+  removed[det['removed_indices']] = True
+  scores = d.detector_scores(name, labels=ds['label'], is_poison=planted,
+                             features=_as_features(ds['image']), seed=0, knn_k=5)
+  expected = d.detection_metrics(scores, planted, removed, labels=ds['label'],
+                                 target_class=1)
+  assert {k: det[k] for k in expected} == expected
+  if name in ('spectral', 'oracle'):
+    # The shift is class 1's top direction: the planted points project to about
+    # 6 * 5/6 = 5 (score 25), its clean points to about -1 and class 0's to N(0, 1).
+    assert det['precision'] >= 0.9 and det['auroc'] > 0.99
+  if name == 'oracle':
+    assert det['precision'] == det['recall'] == 1.0
+
+
+def test_apply_data_defense_budgets_and_arguments():
+  ds, planted = _planted_set()
+  # A fraction of N; the oracle never removes more than the poisons.
+  _, det = d.apply_data_defense('random_removal', ds, is_poison=planted, budget=0.1)
+  assert det['removed'] == 22 and det['target_removed_fraction'] is None
+  _, det = d.apply_data_defense('oracle', ds, is_poison=planted, budget=50)
+  assert det['removed'] == 20 and det['budget'] == 20
+  _, det = d.apply_data_defense('oracle', ds, is_poison=np.zeros(220, bool), budget=50)
+  assert det['removed'] == 0 and det['precision'] is None
+  # Seeded: the same seed removes the same points, another seed others.
+  runs = [d.apply_data_defense('random_removal', ds, is_poison=planted, budget=20,
+                               seed=s)[1]['removed_indices'] for s in (0, 0, 1)]
+  assert runs[0] == runs[1] != runs[2]
+  with pytest.raises(ValueError, match=r"features_fn=None is invalid; accepted: a "
+                                       r"function .* for detector 'knn'"):
+    d.apply_data_defense('knn', ds, is_poison=planted, budget=20)
+  with pytest.raises(ValueError, match=r"name='strip' is invalid; accepted: spectral"):
+    d.apply_data_defense('strip', ds, is_poison=planted, budget=20)
+  with pytest.raises(ValueError, match=r'budget=221'):
+    d.apply_data_defense('random_removal', ds, is_poison=planted, budget=221)
+  with pytest.raises(ValueError, match=r'features_fn\(images\).shape=\(3, 20\)'):
+    d.apply_data_defense('spectral', ds, is_poison=planted, budget=20,
+                         features_fn=lambda images: _as_features(images)[:3])
+
+
+# ------------------------------------------------------------------------------------
 # Features.
 
 

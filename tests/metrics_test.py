@@ -290,6 +290,61 @@ def test_paired_comparisons_against_clean_and_random_of_the_same_seed():
   assert metrics.add_paired_comparisons(rows[1:2], radii)[0]['vs_clean'] is None
 
 
+def _defended(row, defense, acr, **detection):
+  out = dict(row, defense=defense, acr=acr, cell=f'{row["cell"]}-{defense}')
+  if detection:
+    out['detection'] = detection
+  return out
+
+
+def test_defended_rows_against_the_undefended_ones():
+  """Seed 0 and 1: clean 1.0 / 1.2, PACD 0.6 / 0.9 undefended; a detector gives back
+  PACD 0.8 / 1.0 (recovered (0.8 - 0.6) / (1.0 - 0.6) = 0.5 and (1.0 - 0.9) / 0.3) and
+  costs the clean set 1.0 -> 0.9 / 1.2 -> 1.2."""
+  base = [dict(r, defense='none') for r in ROWS_2_SEEDS[:4]]
+  rows = base + [
+      _defended(base[0], 'knn', 0.9, precision=None, recall=None, auroc=None, removed=3,
+                target_removed_fraction=0.1),
+      _defended(base[1], 'knn', 1.2, precision=None, recall=None, auroc=None, removed=3,
+                target_removed_fraction=0.1),
+      _defended(base[2], 'knn', 0.8, precision=0.5, recall=0.4, auroc=0.7, removed=3,
+                target_removed_fraction=0.4),
+      _defended(base[3], 'knn', 1.0, precision=0.7, recall=0.6, auroc=0.9, removed=3,
+                target_removed_fraction=0.6)]
+  out = metrics.add_acr_drops(rows)
+  # The undefended rows are as before; the defended ones against the undefended clean.
+  assert [r['acr_clean'] for r in out] == [1.0, 1.2, 1.0, 1.2] * 2
+  assert [r['acr_undefended'] for r in out] == [1.0, 1.2, 0.6, 0.9] * 2
+  assert [r['acr_drop_relative'] for r in out[4:]] == pytest.approx([0.1, 0.0, 0.2,
+                                                                     1 / 6])
+  recovered = [r['acr_recovered_fraction'] for r in out]
+  assert all(math.isnan(x) for x in recovered[:6])  # Undefended, or a clean set.
+  assert recovered[6:] == pytest.approx([0.5, 1 / 3])
+  assert math.isnan(metrics.recovered_fraction(1.0, 1.0, 1.2))  # Nothing was lost.
+  assert metrics.recovered_fraction(1.0, 0.6, 0.5) == pytest.approx(-0.25)
+  # Paired comparisons: every row but the undefended clean one against it.
+  radii = {r['cell']: [r['acr']] * 2 for r in out}
+  paired = metrics.add_paired_comparisons(out, radii)
+  assert [p['vs_clean'] is None for p in paired] == [True, True] + [False] * 6
+  assert paired[4]['vs_clean']['mean'] == pytest.approx(-0.1)
+  aggregates = metrics.aggregate_rows(paired)
+  assert [(a['defense'], a['poison']) for a in aggregates] == [
+      ('none', 'none'), ('none', 'pacd'), ('knn', 'none'), ('knn', 'pacd')]
+  knn = aggregates[3]
+  assert knn['acr_mean'] == pytest.approx(0.9)
+  assert knn['acr_recovered_fraction_mean'] == pytest.approx(5 / 12)
+  assert knn['detection_precision_mean'] == pytest.approx(0.6)
+  assert knn['detection_recall_ci'] is not None
+  assert math.isnan(aggregates[2]['detection_precision_mean'])  # None on a clean set.
+  assert 'detection_precision_mean' not in aggregates[1]
+  # Rows made before defenses existed count as undefended; defended PACD victims are
+  # not in the transfer matrix.
+  legacy = metrics.add_acr_drops(ROWS_2_SEEDS[:4])
+  assert [r['acr_drop'] for r in legacy] == [r['acr_drop'] for r in out[:4]]
+  assert metrics.aggregate_rows(legacy)[0]['defense'] == 'none'
+  assert metrics.transfer_matrix(aggregates) is None
+
+
 # --------------------------------------------------------------------------------------
 # Perturbation statistics.
 

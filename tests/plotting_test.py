@@ -88,3 +88,28 @@ def test_acr_drop_bars_with_their_intervals(tmp_path):
   np.testing.assert_allclose(segments[0].get_segments()[0][:, 1], [25.0, 40.0])
   with pytest.raises(ValueError, match='no poisoned cell'):
     plotting.plot_acr_drop(aggregates[:1])
+
+
+def test_acr_bars_per_defense(tmp_path):
+  aggregates = [
+      {'defense': d, 'poison_set': p, 'train_method': 'gaussian', 'arch': 'lenet',
+       'acr_mean': acr, 'acr_ci': ci}
+      for d, p, acr, ci in (('none', 'none', 1.3, [1.2, 1.4]),
+                            ('none', 'pacd', 0.5, None), ('knn', 'none', 1.1, None),
+                            ('knn', 'pacd', None, None))]
+  path = str(tmp_path / 'defenses.png')
+  figure = plotting.plot_acr_by_defense(aggregates, path,
+                                        label=lambda a: a['poison_set'].upper())
+  assert _is_png(path)
+  ax = figure.axes[0]
+  heights = [b.get_height() for b in ax.patches]
+  assert heights[:3] == pytest.approx([1.3, 0.5, 1.1]) and np.isnan(heights[3])
+  assert [t.get_text() for t in ax.get_xticklabels()] == ['none', 'knn']
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ['NONE', 'PACD']
+  # Clean beside poisoned: the two bars of a defense sit either side of its tick.
+  centres = [b.get_x() + b.get_width() / 2 for b in ax.patches]
+  assert centres == pytest.approx([-0.2, 0.2, 0.8, 1.2])
+  segments = [c for c in ax.collections if len(c.get_segments())]
+  assert len(segments) == 1  # The one interval.
+  with pytest.raises(ValueError, match='empty'):
+    plotting.plot_acr_by_defense([])

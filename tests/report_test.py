@@ -121,3 +121,63 @@ def test_missing_numbers_render_as_dashes():
   assert '## Certified accuracy at radius r' not in text
   with pytest.raises(KeyError):
     report.results_markdown({k: v for k, v in results.items() if k != 'machine'})
+
+
+def _with_defenses(results):
+  """``results`` with a knn victim per training set and seed, and DPA rows."""
+  out = copy.deepcopy(results)
+  base = [r for r in results['rows'] if r['poison'] in ('none', 'pacd')]
+  defended = [dict(r, defense='knn', cell=r['cell'] + '-knn', acr=r['acr'] + 0.1,
+                   detection={'precision': 0.25, 'recall': 0.5, 'auroc': 0.75,
+                              'removed': 350, 'target_removed_fraction': 0.5})
+              for r in base]
+  rows = [dict(r, defense='none') for r in results['rows']] + defended
+  radii = {r['cell']: [r['acr']] * 3 for r in rows}
+  radii['pacdgaussian-0'] = [0.0, 0.5, 1.5]  # As in _results.
+  rows = metrics.add_paired_comparisons(metrics.add_acr_drops(rows), radii)
+  out['rows'], out['aggregates'] = rows, metrics.aggregate_rows(rows)
+  out['dpa'] = [{
+      'train_method': 'standard', 'arch': 'lenet', 'poison': p, 'crafted_against': a,
+      'seed': 0, 'defense': 'dpa', 'dpa_partitions': 20,
+      'partition_sizes': [160, 175.5, 190],
+      'clean_accuracy': 0.9, 'target_accuracy': 0.85, 'certified_accuracy': 0.6,
+      'modified_images': 350, 'dpa_budget': 700, 'max_certifiable': 10,
+      'certified_accuracy_at_budget': 0.0, 'partitions_touched': touched,
+      'certified_accuracy_at_touched': None if touched is None else 0.0,
+      'vacuous': True, 'statement': 'Vacuous: no test point is certified.', 'time': 60.0}
+      for p, a, touched in (('none', '', None), ('pacd', 'gaussian', 20))]
+  return out
+
+
+def test_markdown_of_defenses_and_dpa():
+  results = _with_defenses(_results())
+  text = report.results_markdown(results)
+  lines = text.splitlines()
+  # The undefended tables are as without defenses.
+  plain = report.results_markdown(_results())
+  assert text.split('## Defenses')[0] == plain.split('## Poisons')[0]
+  header = next(line for line in lines if line.startswith('| defense |'))
+  assert 'recovered of the ACR lost [95% CI]' in header and '| AUROC [95% CI] |' in header
+  knn = next(line for line in lines if line.startswith('| knn | gaussian | lenet | PACD'))
+  cells = [c.strip() for c in knn.split('|')[1:-1]]
+  pacd = next(a for a in results['aggregates']
+              if (a['defense'], a['poison']) == ('knn', 'pacd'))
+  # ACR 0.58 [..], drop (1.25 - 0.58) / 1.25, recovered 0.1 / 0.77 on both seeds.
+  assert cells[5] == report.format_interval(pacd['acr_mean'], pacd['acr_ci'])
+  assert cells[7].startswith('13.0%')
+  assert cells[8:12] == ['0.250 [0.250, 0.250]', '0.500 [0.500, 0.500]',
+                         '0.750 [0.750, 0.750]', '350 [350, 350]']
+  clean = next(line for line in lines if line.startswith('| none | gaussian | lenet | '
+                                                        'clean'))
+  assert [c.strip() for c in clean.split('|')[1:-1]][6:12] == ['-'] * 6
+  for part in ('## Deep Partition Aggregation (not a smoothing certificate)',
+               'count twice: a budget of 2m',
+               '| PACD (vs gaussian) | 0 | 20 | 160 / 175.5 / 190 | 0.900 | 0.850 | '
+               '0.600 | 350 | 700 | 10 | 0.000 | 20 | 0.000 |',
+               '| clean | 0 | 20 | 160 / 175.5 / 190 | 0.900 | 0.850 | 0.600 | 350 | 700 '
+               '| 10 | 0.000 | - | - |',
+               '- PACD (vs gaussian): Vacuous: no test point is certified.',
+               'for 12 trainings and certifications'):
+    assert part in text, part
+  # Without defended rows or DPA there is no such section.
+  assert '## Defenses' not in plain and 'Partition' not in plain

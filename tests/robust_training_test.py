@@ -179,6 +179,31 @@ def test_gaussian_averages_noisy_copies():
   np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(32), labels])), rtol=1e-5)
 
 
+def test_soft_labels_are_the_cross_entropy_targets():
+  """With ``batch['soft_label']`` (mixup) the standard and Gaussian losses are the
+  cross-entropy against those soft targets, repeated per noisy copy; one-hot soft labels
+  give the integer-label loss; MACER and SmoothAdv refuse them."""
+  params, batch = linear_problem()
+  key = jax.random.key(2)
+  rng = np.random.default_rng(5)
+  soft = rng.dirichlet(np.ones(K), size=8).astype(np.float32)
+  with_soft = dict(batch, soft_label=jnp.asarray(soft))
+  loss, _ = jit_loss(rt.gaussian_loss, sigma=0.3, num_noise=4)(params, with_soft, key)
+  p = _np_softmax(_np_logits(params, _noise(key, batch['image'], 0.3, 4)))
+  expected = -np.mean(np.sum(np.repeat(soft, 4, axis=0) * np.log(p), axis=1))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  loss, _ = jit_loss(rt.standard_loss)(params, with_soft, key)
+  p = _np_softmax(_np_logits(params, batch['image']))
+  np.testing.assert_allclose(loss, -np.mean(np.sum(soft * np.log(p), axis=1)), rtol=1e-5)
+  one_hot = dict(batch, soft_label=jax.nn.one_hot(batch['label'], K))
+  for fn in (rt.standard_loss, rt.gaussian_loss):
+    np.testing.assert_allclose(jit_loss(fn)(params, one_hot, key)[0],
+                               jit_loss(fn)(params, batch, key)[0], rtol=1e-6)
+  for fn, name in ((rt.macer_loss, 'macer'), (rt.smoothadv_loss, 'smoothadv')):
+    with pytest.raises(ValueError, match=f"the {name} loss takes integer labels only"):
+      fn(params, {}, one_hot, key, apply_fn=linear_apply)
+
+
 def _macer_by_hand(params, batch, key, *, sigma, k, lbd, gamma, beta, alpha):
   """MACER (Zhai et al. 2020, Alg. 1) in float64 numpy and scipy."""
   noisy = _noise(key, batch['image'], sigma, k)

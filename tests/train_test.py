@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
 from rsp import data
+from rsp import defenses
 from rsp import models
 from rsp import robust_training
 from rsp import train
@@ -89,7 +91,9 @@ def test_tiny_run_writes_its_record(tiny_run):
                                          'settings.json', 'summary.json']
   assert workdir_lib.read_json(os.path.join(workdir, 'config.json')) == config.to_dict()
   settings = workdir_lib.read_json(os.path.join(workdir, 'settings.json'))
-  assert settings['config'] == config.to_dict()
+  assert settings['config'] == train.recorded_config(config)  # Defenses off: left out.
+  assert settings['config'] == {k: v for k, v in config.to_dict().items()
+                                if k not in ('mixup_alpha', 'dp_sgd', 'purify')}
   assert settings['inputs']['poison_file'] is None
   train_split = data.load_splits(config)['train']
   assert settings['inputs']['train_data'] == workdir_lib.array_digest(
@@ -230,6 +234,41 @@ def _bad_configs():
   yield 'subset', tiny_config(train_subset=8), 'config.train_subset=8 is smaller'
   yield 'subset_neg', tiny_config(train_subset=-1), 'config.train_subset=-1'
   yield 'too_big_batch', tiny_config(train_subset=0, batch_size=4000), 'exceeds the 3500'
+  # Training-time defenses.
+  yield 'mixup_negative', tiny_config(mixup_alpha=-0.5), \
+      r'config.mixup_alpha=-0.5 must be a finite number >= 0 \(0: no mixup\)'
+  yield 'mixup_macer', tiny_config('macer,tiny', mixup_alpha=0.2), \
+      r"config.mixup_alpha=0.2 \(mixup\) is accepted with config.method in standard, " \
+      r"gaussian; config.method='macer'"
+  yield 'mixup_smoothadv', tiny_config('smoothadv,tiny', mixup_alpha=0.2), \
+      r"config.method='smoothadv'"
+  dp = {'dp_sgd.enabled': True, 'optimizer': 'sgd'}
+  yield 'dp_adam', tiny_config(**{'dp_sgd.enabled': True}), \
+      r"config.dp_sgd.enabled=True .*config.optimizer='adam'; set config.optimizer='sgd'"
+  yield 'dp_clip', tiny_config(**dp, **{'dp_sgd.l2_norm_clip': 0.0}), \
+      r'config.dp_sgd.l2_norm_clip=0.0 must be a finite number > 0'
+  yield 'dp_noise', tiny_config(**dp, **{'dp_sgd.noise_multiplier': -1.0}), \
+      r'config.dp_sgd.noise_multiplier=-1.0 must be a finite number >= 0'
+  yield 'dp_decay', tiny_config(**dp, weight_decay=1e-4), \
+      r'config.weight_decay=0.0001 with config.dp_sgd.enabled=True'
+  yield 'dp_mixup', tiny_config(**dp, mixup_alpha=1.0), \
+      r'config.mixup_alpha=1.0 with config.dp_sgd.enabled=True'
+  c = train_cifar10.get_config('gaussian,tiny')
+  c.dp_sgd.enabled, c.optimizer = True, 'sgd'
+  yield 'dp_batchnorm', c, r"config.dp_sgd.enabled=True with config.model='resnet20'.*" \
+      r"\['batch_stats'\]"
+  c = tiny_config()
+  c.dp_sgd.clip = 1.0
+  yield 'dp_unknown', c, r"config.dp_sgd has unknown field\(s\) \['clip'\]; accepted: " \
+      'enabled, l2_norm_clip, noise_multiplier'
+  yield 'purify_kind', tiny_config(**{'purify.kind': 'median'}), \
+      r"config.purify.kind='median' is not known; accepted: none, bit_depth, blur, jpeg"
+  yield 'purify_bits', tiny_config(**{'purify.kind': 'bit_depth', 'purify.bits': 9}), \
+      r'config.purify.bits=9 must be at most 8'
+  yield 'purify_sigma', tiny_config(**{'purify.kind': 'blur', 'purify.sigma': 0.0}), \
+      r'config.purify.sigma=0.0 must be a finite number > 0'
+  yield 'purify_quality', tiny_config(**{'purify.kind': 'jpeg', 'purify.quality': 0}), \
+      r'config.purify.quality=0 must be an integer >= 1'
 
 
 _BAD = list(_bad_configs())
@@ -268,6 +307,188 @@ def test_train_subset_beyond_the_given_split_is_refused(tmp_path):
   with pytest.raises(ValueError, match='config.train_subset=64 exceeds the 32 training'):
     train.train(tiny_config(), {'train': good, 'test': good}, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+# ------------------------------------------------------------------------------------
+# Training-time defenses: mixup, DP-SGD, purification.
+
+TRAINING_DEFENSES = ('mixup', 'dp_sgd', 'bit_depth', 'blur', 'jpeg')
+
+
+def defense_config(name):
+  """The tiny config with one training-time defense on."""
+  if name == 'mixup':
+    return tiny_config(mixup_alpha=1.0)
+  if name == 'dp_sgd':
+    return tiny_config(**{'dp_sgd.enabled': True, 'optimizer': 'sgd',
+                          'learning_rate': 0.1})
+  return tiny_config(**{'purify.kind': name, 'purify.bits': 2, 'purify.quality': 10})
+
+
+@pytest.fixture(scope='module')
+def plain_run(tmp_path_factory):
+  """The tiny config without defenses (like ``tiny_run``, without its subprocesses)."""
+  workdir = str(tmp_path_factory.mktemp('plain'))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+@pytest.mark.parametrize('name', TRAINING_DEFENSES)
+def test_training_defense_trains_and_changes_the_weights(name, plain_run, tmp_path):
+  plain_dir, plain = plain_run
+  config = defense_config(name)
+  workdir = str(tmp_path / name)
+  result = train.train_and_evaluate(config, workdir)
+  records = workdir_lib.read_json_lines(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in records] == list(range(1, 9))
+  assert all(np.isfinite(r['loss']) and np.isfinite(r['grad_norm']) for r in records)
+  assert result.summary['steps'] == 8 and 0 <= result.summary['test_accuracy'] <= 1
+  ours, theirs = (jax.tree.leaves(_params(d)) for d in (workdir, plain_dir))
+  assert any(not np.array_equal(a, b) for a, b in zip(ours, theirs))
+  # The defense is recorded (a resumed run must match it); the off ones are not.
+  settings = workdir_lib.read_json(os.path.join(workdir, 'settings.json'))
+  assert settings['config'] == train.recorded_config(config)
+  recorded = {'mixup': 'mixup_alpha', 'dp_sgd': 'dp_sgd'}.get(name, 'purify')
+  assert {'mixup_alpha', 'dp_sgd', 'purify'} & set(settings['config']) == {recorded}
+  # The training data's fingerprint is that of the split handed over, before purifying.
+  plain_settings = workdir_lib.read_json(os.path.join(plain_dir, 'settings.json'))
+  assert settings['inputs'] == plain_settings['inputs']
+  if name in ('bit_depth', 'blur', 'jpeg'):  # Same steps, same noise: only the data.
+    assert records[0]['loss'] != workdir_lib.read_json_lines(
+        os.path.join(plain_dir, 'metrics.jsonl'))[0]['loss']
+
+
+def test_purify_images_applies_the_configured_purification():
+  images = data.load('mnist_embedded', seed=0)['train']['image'][:5]
+  np.testing.assert_array_equal(
+      train.purify_images(defense_config('bit_depth'), images),
+      defenses.bit_depth_reduce(images, 2))
+  assert train.purify_images(tiny_config(), images) is images
+  blurred = train.purify_images(defense_config('blur'), images)
+  assert blurred.shape == images.shape and not np.array_equal(blurred, images)
+
+
+def test_defenses_that_are_off_are_not_recorded():
+  """A config without the defense fields (a workdir made before they existed) and one
+  with them off record the same settings, so old workdirs resume."""
+  ds = data.load('mnist_embedded', seed=0)['train']
+  old = tiny_config()
+  for field in ('mixup_alpha', 'dp_sgd', 'purify'):
+    del old[field]
+  train.validate_config(old)
+  assert train.run_settings(old, ds) == train.run_settings(tiny_config(), ds)
+  # Fields of a disabled defense change no number: they are not recorded either.
+  off = tiny_config(**{'dp_sgd.l2_norm_clip': 5.0, 'purify.bits': 1})
+  assert train.run_settings(off, ds) == train.run_settings(tiny_config(), ds)
+
+
+def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients():
+  """One DP-SGD step without noise and momentum moves the weights by
+  ``-lr mean_i g_i min(1, C / ||g_i||)`` (per-example gradients of the Gaussian loss,
+  each with its own noise key), so no example moves them by more than ``lr C / B``."""
+  config = tiny_config(**{'dp_sgd.enabled': True, 'optimizer': 'sgd',
+                          'learning_rate': 0.5, 'momentum': 0.0,
+                          'dp_sgd.noise_multiplier': 0.0, 'dp_sgd.l2_norm_clip': 0.05})
+  train.validate_config(config)
+  model = models.get_model('lenet', 10)
+  tx = train.make_optimizer(config)
+  state = train.create_train_state(jax.random.key(0), model, tx, (28, 28, 1))
+  ds = data.load('mnist_embedded', seed=0)['train']
+  batch = {'image': jnp.asarray(ds['image'][:4]), 'label': jnp.asarray(ds['label'][:4])}
+  loss_fn = robust_training.get_loss('gaussian', sigma=0.5)
+  apply_fn = models.make_train_apply_fn(model)
+  step = train.make_train_step(loss_fn, apply_fn, tx, per_example=True)
+  key = jax.random.key(3)
+  new_state, metrics = step(state, batch, key, {})
+  _, k_loss = jax.random.split(key)
+  keys = jax.random.split(k_loss, 4)
+  clipped = []
+  for i in range(4):
+    example = jax.tree.map(lambda v: v[i:i + 1], batch)
+    g = jax.grad(lambda p: loss_fn(p, {}, example, keys[i], apply_fn=apply_fn)[0])(
+        state.params)
+    norm = float(optax.global_norm(g))
+    assert norm > 0.05  # So that clipping is active.
+    clipped.append(jax.tree.map(lambda x: x * min(1.0, 0.05 / norm), g))
+  expected = jax.tree.map(lambda p, *gs: p - 0.5 * sum(gs) / 4, state.params, *clipped)
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+  moved = optax.global_norm(jax.tree.map(lambda a, b: a - b, new_state.params,
+                                         state.params))
+  assert float(moved) <= 0.5 * 0.05 * (1 + 1e-5)
+  assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0
+
+
+@pytest.mark.parametrize('name', ('mixup', 'dp_sgd'))
+def test_training_defense_resumes_exactly(name, tmp_path, monkeypatch):
+  """Killed mid-epoch and restarted, a mixup or DP-SGD run (DP-SGD's noise state is in
+  the checkpoint) ends with the weights of the uninterrupted run."""
+  reference_dir = str(tmp_path / 'reference')
+  train.train_and_evaluate(defense_config(name), reference_dir)
+  workdir = str(tmp_path / 'run')
+  epoch_batches = data.epoch_batches
+  served = []
+
+  def killed_after_six_steps(*args, **kwargs):
+    for batch in epoch_batches(*args, **kwargs):
+      if len(served) == 6:
+        raise _Killed()
+      served.append(1)
+      yield batch
+
+  monkeypatch.setattr(data, 'epoch_batches', killed_after_six_steps)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(defense_config(name), workdir)
+  monkeypatch.setattr(data, 'epoch_batches', epoch_batches)
+  train.train_and_evaluate(defense_config(name), workdir)
+  _assert_trees_equal(_params(workdir), _params(reference_dir))
+  # Another setting of the defense is refused, naming it.
+  field = {'mixup': ('mixup_alpha', 0.5), 'dp_sgd': ('dp_sgd.noise_multiplier', 2.0)}
+  with pytest.raises(workdir_lib.SettingsMismatchError, match=field[name][0]):
+    train.train_and_evaluate(tiny_config(**dict([field[name]]), **(
+        {} if name == 'mixup' else {'dp_sgd.enabled': True, 'optimizer': 'sgd',
+                                    'learning_rate': 0.1})), workdir)
+
+
+_FOUR_DEVICE_DEFENSES = textwrap.dedent('''
+    import json, sys
+    import jax
+    import numpy as np
+    import train_test
+    from rsp import train
+
+    assert jax.local_device_count() == 4, jax.devices()
+    out = {}
+    for name in ('mixup', 'dp_sgd'):
+      result = train.train_and_evaluate(train_test.defense_config(name),
+                                        sys.argv[1] + '/' + name)
+      out[name] = [np.asarray(x).ravel().tolist()
+                   for x in jax.tree.leaves(result.variables)]
+    print('PARAMS ' + json.dumps(out), flush=True)
+''')
+
+
+def test_training_defenses_are_data_parallel(tmp_path):
+  """Mixup and DP-SGD over 4 fake CPU devices give the weights of 1 device (up to the
+  order in which the devices sum: float32 rounding)."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  env['PYTHONPATH'] = os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'),
+                                       env.get('PYTHONPATH', '')])
+  child = _Child(_FOUR_DEVICE_DEFENSES, [str(tmp_path / 'four')], env)
+  try:
+    ours = {name: jax.tree.leaves(train.train_and_evaluate(
+        defense_config(name), str(tmp_path / name)).variables)
+            for name in ('mixup', 'dp_sgd')}
+    returncode, stdout, stderr = child.result()
+  finally:
+    child.stop()
+  assert returncode == 0, stderr[-3000:]
+  theirs = json.loads(stdout.split('PARAMS ')[1].splitlines()[0])
+  for name in ours:
+    a = np.concatenate([np.ravel(x) for x in ours[name]])
+    b = np.concatenate([np.asarray(x) for x in theirs[name]])
+    # As in test_four_devices_and_the_script: the weights as a whole agree.
+    assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a), name
 
 
 # ------------------------------------------------------------------------------------

@@ -104,8 +104,20 @@ def train_base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.eval_every_epochs = 0  # 0: evaluate at the end only.
   c.log_every_steps = 50
+  c.checkpoint_every_epochs = 1  # And at the end; may change on resume.
   c.poison_file = ''       # Train on the training set with these poisons applied.
   c.target_class = 8       # Reported separately (target-class clean accuracy).
+  # Training-time defenses against poisoning (rsp.train's docstring); all off here.
+  c.mixup_alpha = 0.0      # > 0: mixup, lam ~ Beta(alpha, alpha) (standard, gaussian).
+  c.dp_sgd = ml_collections.ConfigDict()  # DP-SGD; needs optimizer 'sgd'.
+  c.dp_sgd.enabled = False
+  c.dp_sgd.l2_norm_clip = 1.0       # C: per-example gradients clipped to L2 norm C.
+  c.dp_sgd.noise_multiplier = 1.0   # Noise N(0, (multiplier C)^2) on the clipped sum.
+  c.purify = ml_collections.ConfigDict()  # The training images, once before training.
+  c.purify.kind = 'none'   # 'none', 'bit_depth', 'blur' or 'jpeg'.
+  c.purify.bits = 4        # bit_depth: levels 2^bits (1..8).
+  c.purify.sigma = 1.0     # blur: Gaussian standard deviation in pixels (> 0).
+  c.purify.quality = 75    # jpeg: Pillow quality (1..100).
   return c
 
 
@@ -190,9 +202,10 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     single one) and 2 solver steps, the surrogate re-initialised every epoch, every step
     logged;
   * certification (``certify.py``): 4 points, N0 = 16, N = 64;
-  * protocol (``protocol*.py``): each victim 1 epoch on 800 training points, batches of
-    100, learning rate 3e-3; 4 figure images. Its nested attack, victim and
-    certification configs are expected to be tiny already (their files' tiny modes).
+  * protocol (``protocol*.py``): each victim (and DPA's base classifiers) 1 epoch on
+    800 training points, batches of 100, learning rate 3e-3; 4 figure images. Its
+    nested attack, victim and certification configs are expected to be tiny already
+    (their files' tiny modes).
 
   Args:
     config: a config of one of the kinds above.
@@ -203,6 +216,9 @@ def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
   if 'victims' in config:
     for victim in config.victims.values():
       victim.update(_TINY_VICTIM)
+    if 'dpa_victim' in config:
+      config.dpa_victim.update(_TINY_VICTIM)
+      config.dpa_victim.checkpoint_every_epochs = config.dpa_victim.num_epochs
     config.num_figure_images = 4
   elif 'attack' in config:
     a = config.attack

@@ -37,7 +37,8 @@ restarting with the same workdir resumes and redoes nothing that is done.
 Other protocol configs build on ``build_config`` below: ``protocol_transfer.py`` (3x3
 attack-method x training-method matrix, other architectures), ``protocol_sweep.py``
 (the ACR drop along eps, the poisoned fraction, the victims' sigma and the target
-class), ``protocol_mnist_paper.py`` and ``protocol_cifar10_paper.py`` (paper scale,
+class), ``protocol_defenses.py`` (detectors, training-time defenses and DPA against
+PACD), ``protocol_mnist_paper.py`` and ``protocol_cifar10_paper.py`` (paper scale,
 GPU). Any of them fans out over processes or machines with ``--workers=K`` or
 ``--shard=i/N`` (docs/cluster.md).
 """
@@ -132,7 +133,54 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   c.sweep.target_class = ()
   c.figures = True
   c.num_figure_images = 8
+  # Defenses (rsp.defense_cells): each name but 'none' adds its cells; 'none' (the
+  # undefended victims) is required. Detectors: 'spectral', 'activation_clustering',
+  # 'knn', 'random_removal', 'oracle'; 'dpa'; training-time: the keys of
+  # c.training_defenses. protocol_defenses.py runs them.
+  c.defenses = ('none',)
+  # Points a detector removes: -1 = as many as the poison sets modify in the training
+  # set (350 on mnist_embedded), a whole number = a count, a value in [0, 1) = a
+  # fraction of the training set.
+  c.defense_budget = -1.0
+  c.detectors = ml_collections.ConfigDict()
+  c.detectors.knn_k = 50              # Deep k-NN's k (Peri et al. 2020).
+  c.detectors.ac_num_components = 10  # Activation clustering's reduced dimension.
+  c.detectors.ac_reduction = 'pca'    # 'pca' or 'ica' (Chen et al. 2018's).
+  c.detectors.feature_batch_size = 500  # Images per pass of the feature model.
+  # Training-time defenses: name -> the victim-config fields it sets (rsp.train).
+  c.training_defenses = ml_collections.ConfigDict(training_defenses())
+  c.dpa_partitions = 50    # k base classifiers of Deep Partition Aggregation.
+  # DPA's base classifiers: the first victim's config with plain training.
+  first = next(iter(victims.values()))
+  c.dpa_victim = ml_collections.ConfigDict(first.to_dict())
+  c.dpa_victim.method = 'standard'
+  c.dpa_victim.loss = ml_collections.ConfigDict()
+  c.dpa_victim.smoothadv_warmup_epochs = 0
+  c.dpa_victim.checkpoint_every_epochs = max(1, c.dpa_victim.num_epochs)  # At the end.
   return c
+
+
+def training_defenses() -> dict[str, dict[str, object]]:
+  """The training-time defenses of ``config.training_defenses`` and their fields.
+
+  * ``mixup``: mixup with ``lam ~ Beta(1, 1)`` (Zhang et al. 2018's CIFAR setting);
+  * ``dp_sgd``: DP-SGD, per-example clipping to L2 norm 1 and noise multiplier 1
+    (Abadi et al. 2016's MNIST settings are 4 and 1.1, for batches of 600), SGD with
+    momentum 0.9 at learning rate 0.05;
+  * ``purify_bit_depth``: 3 bits (8 levels, 1/7 apart: more than PACD's eps = 0.1, so
+    rounding removes most of a perturbation);
+  * ``purify_blur``: Gaussian blur of sigma 1 pixel;
+  * ``purify_jpeg``: JPEG at quality 30.
+  """
+  return {
+      'mixup': {'mixup_alpha': 1.0},
+      'dp_sgd': {'dp_sgd': {'enabled': True, 'l2_norm_clip': 1.0,
+                            'noise_multiplier': 1.0},
+                 'optimizer': 'sgd', 'learning_rate': 0.05},
+      'purify_bit_depth': {'purify': {'kind': 'bit_depth', 'bits': 3}},
+      'purify_blur': {'purify': {'kind': 'blur', 'sigma': 1.0}},
+      'purify_jpeg': {'purify': {'kind': 'jpeg', 'quality': 30}},
+  }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
