@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 from rsp import attack
+from rsp import cells as cells_lib
 from rsp import certification
 from rsp import protocol
 from rsp import robust_training
@@ -192,11 +193,11 @@ def test_protocol_defenses_grids():
   assert (small.certify.n, small.certify.num_points, small.dpa_partitions) == (
       2_000, 100, 20)
   assert small.victims.gaussian.num_epochs == 40 and small.defense_budget == -1
-  victim = protocol.victim_config(small, protocol.Cell('gaussian', 'lenet', 'pacd',
-                                                       'gaussian', 0, 'dp_sgd'))
+  victim = cells_lib.victim_config(small, cells_lib.Cell('gaussian', 'lenet', 'pacd',
+                                                         'gaussian', 0, defense='dp_sgd'))
   assert victim.dp_sgd.enabled and victim.optimizer == 'sgd' and victim.num_epochs == 5
-  victim = protocol.victim_config(small, protocol.Cell('gaussian', 'lenet', 'none', '',
-                                                       0, 'purify_bit_depth'))
+  victim = cells_lib.victim_config(small, cells_lib.Cell('gaussian', 'lenet', 'none', '',
+                                                         0, defense='purify_bit_depth'))
   assert (victim.purify.kind, victim.purify.bits) == ('bit_depth', 3)
   assert small.victims.gaussian.purify.kind == 'none'  # The undefended one untouched.
 

@@ -289,7 +289,7 @@ def test_undefended_cells_are_recorded_as_before():
   assert mixup['defense'] == {'defenses': 'mixup'}
   assert mixup['victims']['gaussian']['mixup_alpha'] == 1.0
   knn = cells_lib.cell_spec(config, cells_lib.Cell('gaussian', 'lenet', 'none', '', 0,
-                                                 'knn'), target, every)
+                                                 defense='knn'), target, every)
   assert knn['defense'] == {'defenses': 'knn', 'defense_budget': -1.0,
                             'detectors': {'knn_k': 50}}
 
