@@ -419,7 +419,8 @@ def check_settings(path: str, current: Any, *, resumable: Sequence[str] = (),
   todo = 'Use a new workdir'
   if overrides:
     todo += f', or restore the recorded settings ({overrides})'
+  count = f'{len(diff)} fields differ' if len(diff) > 1 else '1 field differs'
   raise SettingsMismatchError(
       f'{os.path.dirname(os.path.abspath(path))} holds a {what} made with other '
-      f'settings or inputs ({len(diff)} field{"s" if len(diff) > 1 else ""} differ, '
-      f'recorded in {path}):\n{lines}\nResuming would mix two runs. {todo}.')
+      f'settings or inputs ({count}, recorded in {path}):\n{lines}\n'
+      f'Resuming would mix two runs. {todo}.')

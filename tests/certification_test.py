@@ -301,6 +301,9 @@ def test_certify_split_writes_the_record_and_resumes(checkpoint_dir, tmp_path):
   with pytest.raises(workdir_lib.SettingsMismatchError,
                      match=r'(?s)\n  n: 64 there, 128 now\n.*--config.n=64'):
     certification.certify_split(_config(checkpoint_dir, n=128), workdir)
+  with pytest.raises(workdir_lib.SettingsMismatchError,
+                     match=r'(?s)\n  seed: 0 there, 1 now\n.*--config.seed=0'):
+    certification.certify_split(_config(checkpoint_dir, seed=1), workdir)
 
   # Killed after three rows: the resumed log equals the uninterrupted one.
   killed = str(tmp_path / 'killed')

@@ -217,6 +217,12 @@ def test_workdir_made_with_other_settings_is_refused(finished):
                      match=r'poison set \(pacd_gaussian\)(.|\n)*'
                            r'attacks\.gaussian\.attack\.num_epochs: '):
     protocol.run_protocol(config, workdir)
+  config = tiny_config()
+  config.certify.seed = 1  # Another certification seed: other noise for every point.
+  with pytest.raises(workdir_lib.SettingsMismatchError,
+                     match=r'certify\.seed: 0 there, 1 now'):
+    protocol.run_protocol(config, workdir)
+  assert sorted(os.listdir(workdir)) == before
 
 
 def test_paired_statistics_of_the_run(finished):

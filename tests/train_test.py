@@ -194,6 +194,9 @@ def test_killed_run_resumes_exactly(tiny_run, tmp_path, monkeypatch):
   with pytest.raises(workdir_lib.SettingsMismatchError,
                      match=r'config.loss.sigma: 0.5 there, 0.25 now'):
     train.train_and_evaluate(tiny_config(**{'loss.sigma': 0.25}), workdir)
+  with pytest.raises(workdir_lib.SettingsMismatchError,
+                     match=r'(?s)config.seed: 0 there, 1 now.*--config.seed=0'):
+    train.train_and_evaluate(tiny_config(seed=1), workdir)
   with pytest.raises(ValueError) as e:
     train.train_and_evaluate(tiny_config('macer,tiny', learning_rate=0.01), workdir)
   for field in ('config.learning_rate', 'config.loss.num_noise', 'config.method'):
