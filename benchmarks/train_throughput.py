@@ -15,21 +15,33 @@ share of it is the number to compare across runs.
     python benchmarks/train_throughput.py                # + the transfer models
     python benchmarks/train_throughput.py --models=lenet --methods=gaussian --steps=50
 
+Beside every Gaussian-augmentation row it times the plain loop a user would write, in the
+same process: a jitted step (the same flax model, ``optax.adam`` at the config's learning
+rate, one Gaussian noise draw per image, mean cross-entropy) called in a Python loop on
+batches indexed from numpy arrays; the column "rsp / plain" is rsp's images/s over it.
+Each table is timed with glibc's allocator as it comes (``RSP_KEEP_FREED_MEMORY=0`` is set
+before rsp is imported) and then after ``rsp.runtime.keep_freed_memory()``, which ``import
+rsp`` applies by default (``--allocator``).
+
 Weights are random: speed does not depend on them.
 """
 
 import os
 import time
 
+os.environ.setdefault('RSP_KEEP_FREED_MEMORY', '0')  # Timed both ways, below.
+
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import common  # benchmarks/common.py (the script's own directory is on sys.path)
 from rsp import data
 from rsp import models
+from rsp import runtime
 from rsp import train
 from rsp.configs import train_cifar10
 from rsp.configs import train_mnist
@@ -46,6 +58,9 @@ _STEPS = flags.DEFINE_integer('steps', None, 'Timed steps per setting (default 1
                               '--quick 3).')
 _MAX_SECONDS = flags.DEFINE_float('max_seconds', None, 'Stop timing a setting after '
                                   'this long (at least one step; default 60, --quick 8).')
+_ALLOCATOR = flags.DEFINE_list('allocator', ['default', 'keep_freed'],
+                               "Allocator settings timed, in order ('keep_freed': "
+                               'rsp.runtime.keep_freed_memory(), which cannot be undone).')
 _TRANSFER_METHODS = ('gaussian',)  # The transfer models are timed briefly.
 
 
@@ -106,6 +121,51 @@ def time_setting(config, steps: int, max_seconds: float) -> dict:
           'peak': peak}
 
 
+def time_plain_loop(config, steps: int) -> dict:
+  """ms per step of the plain Gaussian-augmentation loop for ``config``'s model."""
+  info = data.info(config.dataset)
+  model = models.get_model(config.model, info['num_classes'])
+  sigma = float(config.loss.sigma)
+  tx = optax.adam(float(config.learning_rate))
+  variables = models.init_model(jax.random.key(0), model, info['shape'])
+  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, opt_state, images, labels, key):
+    def loss(params):
+      noisy = images + sigma * jax.random.normal(key, images.shape)
+      if state:
+        logits, new_state = model.apply({'params': params, **state}, noisy, train=True,
+                                        mutable=list(state))
+      else:
+        logits, new_state = model.apply({'params': params}, noisy, train=True), state
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return ce, new_state
+    grads, new_state = jax.grad(loss, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), dict(new_state), opt_state
+
+  b = config.batch_size
+  rng = np.random.default_rng(0)
+  images = rng.random((b * (steps + 1), *info['shape']), dtype=np.float32)
+  labels = rng.integers(0, info['num_classes'], b * (steps + 1)).astype(np.int32)
+  order = rng.permutation(len(labels))
+  key = jax.random.key(2)
+  def batch(i):
+    idx = order[i * b:(i + 1) * b]
+    return images[idx], labels[idx]
+  params, state, opt_state = step(params, state, opt_state, *batch(0), key)
+  jax.block_until_ready(params)
+  t0 = time.perf_counter()
+  for i in range(1, steps + 1):
+    params, state, opt_state = step(params, state, opt_state, *batch(i),
+                                    jax.random.fold_in(key, i))
+  jax.block_until_ready(params)
+  wall = (time.perf_counter() - t0) / steps
+  return {'ms': 1e3 * wall, 'images_per_s': b / wall}
+
+
 def describe(config) -> str:
   loss = dict(config.loss)
   keys = [k for k in ('sigma', 'num_noise', 'num_steps', 'pgd') if k in loss]
@@ -126,21 +186,33 @@ def main(argv):
         f'{load_before[2]:.2f}; peak float32 matmul (1024^3): {peak:.0f} GFLOP/s')
   print(f'up to {steps} timed steps (and {max_seconds:.0f} s) per row, {_MODE.value} '
         'configs\n')
-  header = ('| model | method | settings | batch | steps | compile s | ms/step | '
-            'CPU ms/step | images/s | GFLOP/step | GFLOP/s | % of matmul peak |')
-  print(header)
-  print('|' + '---|' * (header.count('|') - 1))
-  for name in names:
-    transfer = name not in ('lenet', 'resnet20')
-    for method in _METHODS.value:
-      if transfer and method not in _TRANSFER_METHODS:
-        continue
-      config = config_for(name, method, _MODE.value)
-      r = time_setting(config, steps, max_seconds)
-      print(f'| {name} | {method} | {describe(config)} | {r["batch"]} | {r["steps"]} | '
-            f'{r["compile_s"]:.1f} | {r["ms"]:.0f} | {r["cpu_ms"]:.0f} | '
-            f'{r["images_per_s"]:,.0f} | {r["gflop"]:.2f} | {r["gflops"]:.0f} | '
-            f'{100 * r["gflops"] / r["peak"]:.0f}% |', flush=True)
+  header = ('| allocator | model | method | settings | batch | steps | compile s | ms/step | '
+            'CPU ms/step | images/s | plain loop images/s | rsp / plain | GFLOP/step | '
+            'GFLOP/s | % of matmul peak |')
+  for allocator in _ALLOCATOR.value:
+    if allocator == 'keep_freed':
+      if not runtime.keep_freed_memory():
+        print('(keep_freed_memory is not available here: not glibc)')
+    elif allocator != 'default':
+      raise ValueError(f'--allocator={allocator!r}; accepted: default, keep_freed.')
+    print(header)
+    print('|' + '---|' * (header.count('|') - 1))
+    for name in names:
+      transfer = name not in ('lenet', 'resnet20')
+      for method in _METHODS.value:
+        if transfer and method not in _TRANSFER_METHODS:
+          continue
+        config = config_for(name, method, _MODE.value)
+        r = time_setting(config, steps, max_seconds)
+        plain, ratio = '-', '-'
+        if method == 'gaussian':
+          p = time_plain_loop(config, r['steps'])
+          plain, ratio = f'{p["images_per_s"]:,.0f}', f'{r["images_per_s"] / p["images_per_s"]:.2f}'
+        print(f'| {allocator} | {name} | {method} | {describe(config)} | {r["batch"]} | '
+              f'{r["steps"]} | {r["compile_s"]:.1f} | {r["ms"]:.0f} | {r["cpu_ms"]:.0f} | '
+              f'{r["images_per_s"]:,.0f} | {plain} | {ratio} | {r["gflop"]:.2f} | '
+              f'{r["gflops"]:.0f} | {100 * r["gflops"] / r["peak"]:.0f}% |', flush=True)
+    print()
   load_after = os.getloadavg()
   print(f'\nload average after: {load_after[0]:.2f} {load_after[1]:.2f} '
         f'{load_after[2]:.2f}; peak matmul after: '

@@ -15,6 +15,13 @@ Submodules (import what you need; each is importable on its own):
 * ``rsp.baselines``: the random and no-target poison sets PACD is compared with.
 * ``rsp.protocol``: the whole evaluation protocol; ``rsp.report``, ``rsp.plotting``: its
   results.md, figures and machine record.
+* ``rsp.runtime``: process-wide speed settings (the allocator, the compilation cache).
+
+Importing rsp keeps large freed blocks in glibc's heap (``rsp.runtime.keep_freed_memory``:
+XLA CPU then runs about 1.3x faster); ``RSP_KEEP_FREED_MEMORY=0`` turns that off.
 """
 
+from rsp import runtime as _runtime
 from rsp.version import __version__
+
+_runtime.apply_defaults()

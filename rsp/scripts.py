@@ -24,6 +24,12 @@ import jax
 from ml_collections import config_flags
 
 from rsp import checkpointing
+from rsp import runtime
+
+_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir', runtime.default_cache_dir(),
+    "JAX's persistent compilation cache: later runs load their compiled steps from it "
+    "('' turns it off).")
 
 
 def define_flags(*, config_help: str, workdir_help: str) -> flags.FlagHolder:
@@ -38,8 +44,12 @@ def define_flags(*, config_help: str, workdir_help: str) -> flags.FlagHolder:
 
 
 def start(argv: Sequence[str]) -> None:
-  """Refuses stray positional arguments, hides orbax's INFO lines, logs the devices."""
+  """Refuses stray positional arguments, hides orbax's INFO lines, turns on the
+  compilation cache (``--compilation_cache_dir``), logs the devices."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {list(argv[1:])}')
   checkpointing.quiet_orbax_logging()
+  if flags.FLAGS.is_parsed() and _CACHE_DIR.value:
+    logging.info('Compilation cache: %s',
+                 runtime.enable_compilation_cache(_CACHE_DIR.value))
   logging.info('JAX devices: %s', jax.devices())
