@@ -279,7 +279,9 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
 
   Every training method x training set x seed on ``config.archs[0]``; the other
   architectures with the methods in ``config.other_arch_methods`` (all if empty).
-  Training sets: each of ``config.poison_kinds``, 'pacd' once per ``pacd_methods``.
+  Training sets: each of ``config.poison_kinds``, 'pacd' once per ``pacd_methods``
+  (with ``config.pacd_victims='own'``, a method's victims train only on the PACD set
+  crafted against that method).
   All of it at the base point, then at each point of ``sweep_points``; a cell that
   two points share (the clean victim at every eps) appears once, where first met.
   Then each defense of ``config.defenses`` but 'none': that grid again ('dpa': once
@@ -288,12 +290,14 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
   methods = field_names(config, 'train_methods')
   other = field_names(config, 'other_arch_methods') or methods
   seeds = validation.distinct_ints('config.seeds', config.seeds)
+  own_only = config.get('pacd_victims', 'all') == 'own'
   cells = [_at_point(config, Cell(method, arch, kind, against, seed), point)
            for point in sweep_points(config)
            for a, arch in enumerate(field_names(config, 'archs'))
            for method in methods if a == 0 or method in other
            for kind in field_names(config, 'poison_kinds')
            for against in (pacd_methods(config) if kind == 'pacd' else ('',))
+           if not (against and own_only and against != method)
            for seed in seeds]
   grid = list(dict.fromkeys(cells))
   sets = list(dict.fromkeys(
@@ -436,6 +440,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.other_arch_methods={config.other_arch_methods!r} must be '
                      f'a subset of config.train_methods={methods!r}.')
   validation.distinct_ints('config.seeds', config.seeds)
+  validation.check_choice('config.pacd_victims', config.get('pacd_victims', 'all'),
+                          ('all', 'own'))
+  if config.get('pacd_victims', 'all') == 'own' and 'pacd' in kinds:
+    unmatched = [m for m in pacd_methods(config) if m not in methods]
+    if unmatched:
+      raise ValueError(f"config.pacd_victims='own' but config.crafted_against has "
+                       f'{unmatched}, which config.train_methods={methods!r} does not '
+                       'train: those poisons would have no victim.')
   _validate_certify(config.certify)
   validation.check_int('config.num_figure_images', config.num_figure_images)
   _validate_sweep(config, methods)

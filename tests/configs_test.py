@@ -31,6 +31,7 @@ CONFIGS = {
     'protocol_transfer': (None, common.CPU_MODES, 'small'),
     'protocol_sweep': (None, common.CPU_MODES, 'small'),
     'protocol_defenses': (None, common.CPU_MODES, 'small'),
+    'protocol_methods': (None, common.CPU_MODES, 'small'),
     'protocol_mnist_paper': (None, ('paper',), 'paper'),
     'protocol_cifar10_paper': (None, ('paper',), 'paper'),
 }
@@ -178,6 +179,37 @@ def test_shrink_to_tiny_of_a_protocol_shrinks_every_victim():
       800, 100, 1, 'standard')
   assert dpa.checkpoint_every_epochs == 1
   assert config.num_figure_images == 4
+
+
+def test_protocol_methods_grid_is_the_transfer_diagonal():
+  """Deterministic (failure odds 0). Each method's victims train on the clean set, the
+  PACD set crafted against that method and the random baseline, 3 seeds: 27 cells,
+  the transfer grid's cells whose PACD set matches the victim's method."""
+  config = _module('protocol_methods').get_config('small')
+  cells = protocol.resolve_cells(config)
+  assert len(cells) == 3 * 3 * 3
+  assert {(c.train_method, c.crafted_against) for c in cells if c.poison == 'pacd'} == {
+      (m, m) for m in common.ATTACK_METHODS}
+  assert {c.seed for c in cells} == {0, 1, 2} and {c.arch for c in cells} == {'lenet'}
+  transfer = _module('protocol_transfer').get_config('small')
+  transfer.archs = ('lenet',)
+  transfer.seeds = (0, 1, 2)
+  diagonal = [c for c in protocol.resolve_cells(transfer)
+              if c.poison != 'pacd' or c.crafted_against == c.train_method]
+  assert cells == diagonal
+  assert len(cells_lib.poison_keys(config, cells)) == 3 + 1  # 3 attacks, 1 random set.
+
+
+def test_pacd_victims_is_checked():
+  config = _module('protocol_methods').get_config('tiny')
+  config.pacd_victims = 'diagonal'
+  with pytest.raises(ValueError, match="config.pacd_victims='diagonal' is not known; "
+                     'accepted: all, own'):
+    protocol.validate_config(config)
+  config = _module('protocol_methods').get_config('tiny')
+  config.train_methods = ('gaussian', 'macer')
+  with pytest.raises(ValueError, match=r"has \['smoothadv'\], which config.train_methods"):
+    protocol.validate_config(config)
 
 
 def test_protocol_defenses_grids():

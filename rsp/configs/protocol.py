@@ -113,6 +113,9 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   c.poison_file = ''       # Use this poison file for 'pacd' instead of running PACD.
   # The training methods the PACD poisons are crafted against: which of c.attacks to run.
   c.crafted_against = tuple(attacks)
+  # Which victims train on each PACD set: 'all' (every training method: the transfer
+  # matrix) or 'own' (only the method it was crafted against: the matrix's diagonal).
+  c.pacd_victims = 'all'
   c.attacks = ml_collections.ConfigDict({k: v for k, v in attacks.items()})
   c.train_methods = tuple(victims)   # Which of c.victims to train (keys).
   c.victims = ml_collections.ConfigDict({k: v for k, v in victims.items()})
