@@ -13,8 +13,8 @@ without doing any work, and ``rsp.protocol`` runs it:
   made from, so that a restart refuses a workdir made with other settings;
 * ``certification_points``: the seeded certified test points of each target class.
 
-**Sweeps.** ``config.sweep.axes`` names axes among eps, poison_fraction, victim_sigma
-and target_class; the grid is then the base point (the config's own values) and each
+**Sweeps.** ``config.sweep.axes`` names axes among eps, poison_fraction, victim_sigma,
+target_class and victim_epochs; the grid is then the base point (the config's own values) and each
 value of each axis with the others at the base point (``sweep_points``). A cell
 records where it departs from the base point (``Cell``; None: the base value) and only
 where that changes its numbers, so cells that share a victim are one cell: a clean
@@ -60,9 +60,11 @@ _SHARED = ('dataset', 'data_dir', 'data_seed', 'target_class')
 _ATTACK_SHARED = _SHARED + ('eps', 'poison_fraction', 'poison_subset_seed')
 # How a name shows where a cell or a poison set departs from the base point.
 _AXIS_TAGS = {'target_class': 'class', 'eps': 'eps', 'poison_fraction': 'frac',
-              'victim_sigma': 'sigma'}
-# The axes a poison set depends on (a victim's sigma does not change the poisons).
+              'victim_sigma': 'sigma', 'victim_epochs': 'ep'}
+# The axes a poison set depends on (a victim's sigma or epochs do not change the poisons).
 POISON_AXES = ('target_class', 'eps', 'poison_fraction')
+# The axes a clean victim depends on.
+VICTIM_AXES = ('target_class', 'victim_sigma', 'victim_epochs')
 
 
 # ------------------------------------------------------------------------------------
@@ -98,9 +100,9 @@ class Cell:
   """One victim: a training method, an architecture, a training set and a seed, at a
   point of the sweep axes.
 
-  The last four fields say where the cell departs from the protocol's base point:
-  None is ``config.target_class``, ``config.eps``, ``config.poison_fraction`` or the
-  training sigma of ``config.victims[train_method]``. ``resolve_cells`` sets only the
+  The five fields after the seed say where the cell departs from the protocol's base
+  point: None is ``config.target_class``, ``config.eps``, ``config.poison_fraction``, or
+  the training sigma or number of epochs of ``config.victims[train_method]``. ``resolve_cells`` sets only the
   departures that change the cell's numbers (a clean victim has no eps or fraction), so
   that cells that share a victim are one cell.
   """
@@ -113,6 +115,7 @@ class Cell:
   eps: float | None = None            # The poisons' L-inf budget.
   poison_fraction: float | None = None  # The fraction of the class poisoned.
   victim_sigma: float | None = None   # The victim's training (and certification) sigma.
+  victim_epochs: int | None = None    # The victim's number of training epochs.
   defense: str = 'none'  # 'none' or one of config.defenses (rsp.defense_cells).
 
   @property
@@ -134,10 +137,11 @@ class Cell:
   @property
   def name(self) -> str:
     """'gaussian-lenet-pacd_gaussian-seed0', 'gaussian-lenet-random-eps0.05-seed1',
-    'gaussian-lenet-none-sigma1-seed0', 'gaussian-lenet-none-class3-seed0'."""
+    'gaussian-lenet-none-sigma1-seed0', 'gaussian-lenet-none-class3-seed0',
+    'gaussian-lenet-none-ep100-seed0'."""
     defense = '' if self.defense == 'none' else f'-{self.defense}'
     return (f'{self.train_method}-{self.arch}-{self.poison_set}'
-            f'{_tag(self, ("victim_sigma",))}{defense}-seed{self.seed}')
+            f'{_tag(self, ("victim_sigma", "victim_epochs"))}{defense}-seed{self.seed}')
 
 
 
@@ -167,10 +171,17 @@ def own_sigma(config: ml_collections.ConfigDict, method: str) -> float | None:
   return None if sigma is None else float(sigma)
 
 
+def own_epochs(config: ml_collections.ConfigDict, method: str) -> int | None:
+  """The number of training epochs of ``config.victims[method]`` (None: no such victim)."""
+  victim = config.victims.get(method) if 'victims' in config else None
+  return None if victim is None else int(victim.num_epochs)
+
+
 def _base(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]:
   return {'target_class': int(config.target_class), 'eps': float(config.eps),
           'poison_fraction': float(config.get('poison_fraction', 1.0)),
-          'victim_sigma': own_sigma(config, method)}
+          'victim_sigma': own_sigma(config, method),
+          'victim_epochs': own_epochs(config, method)}
 
 
 def poison_setting(config: ml_collections.ConfigDict,
@@ -191,11 +202,16 @@ def poison_setting(config: ml_collections.ConfigDict,
 
 def cell_setting(config: ml_collections.ConfigDict, cell: Cell) -> dict[str, Any]:
   """The cell's concrete point: ``target_class``, ``victim_sigma`` (None: no noise),
-  ``eps`` and ``poison_fraction`` (None for 'none' and 'no_target'), as in its row."""
+  ``victim_epochs`` (the sweep's coordinates: a training-time defense may train
+  otherwise), ``eps`` and ``poison_fraction`` (None for 'none' and 'no_target'), as in
+  its row."""
   out = poison_setting(config, cell)
   sigma = own_sigma(config, cell.train_method) if cell.victim_sigma is None else \
       float(cell.victim_sigma)
-  return {'target_class': out['target_class'], 'victim_sigma': sigma, 'eps': out['eps'],
+  epochs = own_epochs(config, cell.train_method) if cell.victim_epochs is None else \
+      int(cell.victim_epochs)
+  return {'target_class': out['target_class'], 'victim_sigma': sigma,
+          'victim_epochs': epochs, 'eps': out['eps'],
           'poison_fraction': out['poison_fraction']}
 
 
@@ -217,9 +233,14 @@ def _sweep_value(axis: str, value: Any, item: Any, num_classes: int) -> Any:
   name = f'config.sweep.{axis}={value!r} has {item!r}:'
   if isinstance(item, str):
     try:
-      item = int(item) if axis == 'target_class' else float(item)
+      item = int(item) if axis in ('target_class', 'victim_epochs') else float(item)
     except ValueError:
       pass
+  if axis == 'victim_epochs':
+    if not validation.is_int(item) or item < 1:
+      raise ValueError(f"{name} a number of epochs must be an integer >= 1 (the victims' "
+                       'training length).')
+    return int(item)
   if axis == 'target_class':
     if not validation.is_int(item) or not 0 <= item < num_classes:
       raise ValueError(f'{name} a target class must be an integer in [0, '
@@ -269,7 +290,7 @@ def _at_point(config: ml_collections.ConfigDict, cell: Cell,
   or class-less training set."""
   base = _base(config, cell.train_method)
   departures = {axis: value for axis, value in point.items()
-                if value != base[axis] and (axis in ('target_class', 'victim_sigma') or
+                if value != base[axis] and (axis in VICTIM_AXES or
                                             cell.poison in BUDGETED)}
   return dataclasses.replace(cell, **departures)
 
@@ -301,7 +322,8 @@ def resolve_cells(config: ml_collections.ConfigDict) -> list[Cell]:
            for seed in seeds]
   grid = list(dict.fromkeys(cells))
   sets = list(dict.fromkeys(
-      dataclasses.replace(c, train_method='', arch='', victim_sigma=None) for c in grid))
+      dataclasses.replace(c, train_method='', arch='', victim_sigma=None,
+                          victim_epochs=None) for c in grid))
   return grid + [
       dataclasses.replace(c, defense=d) for d in defense_cells.names(config)[1:]
       for c in (grid if d != defense_cells.DPA else
@@ -362,6 +384,8 @@ def victim_config(config: ml_collections.ConfigDict, cell: Cell
     c.target_class = int(cell.target_class)
   if cell.victim_sigma is not None:
     c.loss.sigma = float(cell.victim_sigma)
+  if cell.victim_epochs is not None:
+    c.num_epochs = int(cell.victim_epochs)
   return defense_cells.defended_victim(config, cell.defense, c)
 
 
@@ -492,12 +516,12 @@ def _validate_sweep(config: ml_collections.ConfigDict, methods: Sequence[str]) -
       raise ValueError(f'config.sweep.axes names {axis!r} but config.sweep.{axis} is '
                        'empty; accepted: at least one value, or leave the axis out of '
                        'config.sweep.axes.')
-    if axis != 'victim_sigma' and config.get('poison_file') and \
+    if axis not in ('victim_sigma', 'victim_epochs') and config.get('poison_file') and \
         'pacd' in field_names(config, 'poison_kinds'):
       raise ValueError(f'config.sweep.axes={config.sweep.axes!r} sweeps {axis!r}, but '
                        f'config.poison_file={config.poison_file!r} holds PACD poisons of '
                        'one budget and class only; accepted: no poison_file, or only the '
-                       "'victim_sigma' axis.")
+                       "'victim_sigma' and 'victim_epochs' axes.")
     if axis == 'victim_sigma':
       if config.certify.sigma > 0:
         raise ValueError(f'config.sweep.axes sweeps the victims\' sigma, but '
@@ -555,6 +579,8 @@ def cell_spec(config: ml_collections.ConfigDict, cell: Cell,
       'sigma': certification_sigma(config, victim), 'n0': c.n0, 'n': c.n,
       'alpha': c.alpha, 'seed': c.seed}
   fields = dataclasses.asdict(cell)
+  if cell.victim_epochs is None:  # As recorded before the epochs axis existed.
+    del fields['victim_epochs']
   if cell.defense == 'none':  # As recorded before defenses existed.
     del fields['defense']
   else:

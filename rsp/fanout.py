@@ -115,8 +115,7 @@ def report_protocol(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   plan = protocol.prepare(config, workdir, for_report=True)
   poison_sets = protocol.load_poison_sets(config, plan.splits, workdir, plan.poison_keys,
                                  missing_ok=True)
-  rows = [workdir_lib.read_json(os.path.join(workdir, 'cells', c.name, 'result.json'))
-          for c in plan.cells if plan.cell_done(c)]
+  rows = [protocol.read_row(config, workdir, c) for c in plan.cells if plan.cell_done(c)]
   missing = {'poison_sets': [k.name for k in plan.poison_keys if not plan.poison_done(k)],
              'cells': [c.name for c in plan.cells if not plan.cell_done(c)]}
   return protocol.write_results(plan, poison_sets, rows, t_start, missing=missing)

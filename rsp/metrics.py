@@ -416,18 +416,19 @@ def paired_t_test(reference: Any, values: Any, *,
 
 
 # Row fields that tell apart victims of one training method, architecture and seed
-# (where a protocol's sweep put them: the certified class and the victim's training
-# sigma), and poison sets of one kind (their budget: eps and the poisoned fraction; None
-# in clean rows). Rows without these fields (a grid without sweeps) read None.
-VICTIM_FIELDS = ('target_class', 'victim_sigma')
+# (where a protocol's sweep put them: the certified class, the victim's training sigma
+# and its number of training epochs), and poison sets of one kind (their budget: eps and
+# the poisoned fraction; None in clean rows). Rows without these fields (a grid without
+# sweeps, or results written before the field existed) read None.
+VICTIM_FIELDS = ('target_class', 'victim_sigma', 'victim_epochs')
 BUDGET_FIELDS = ('eps', 'poison_fraction')
 # The sweep axes of the protocol: each is a row field.
-SWEEP_AXES = ('eps', 'poison_fraction', 'victim_sigma', 'target_class')
+SWEEP_AXES = ('eps', 'poison_fraction', 'victim_sigma', 'target_class', 'victim_epochs')
 
 
 def _victim(row: Mapping[str, Any]) -> tuple[Any, ...]:
   """What two rows of one victim training run share: method, architecture, seed,
-  certified class and training sigma (``VICTIM_FIELDS``)."""
+  certified class, training sigma and epochs (``VICTIM_FIELDS``)."""
   return (row['train_method'], row['arch'], row['seed'],
           *(row.get(k) for k in VICTIM_FIELDS))
 

@@ -50,6 +50,7 @@ import dataclasses
 import functools
 import os
 import secrets
+import shutil
 import socket
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -230,7 +231,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: cells_lib.Cell, *,
   cell_dir = os.path.join(workdir, 'cells', cell.name)
   result_path = os.path.join(cell_dir, 'result.json')
   if os.path.isfile(result_path):
-    return workdir_lib.read_json(result_path)
+    return read_row(config, workdir, cell)
   workdir_lib.write_json(os.path.join(cell_dir, 'spec.json'),
                          cells_lib.cell_spec(config, cell, target_indices, all_indices))
   victim = cells_lib.victim_config(config, cell)
@@ -258,6 +259,7 @@ def run_cell(config: ml_collections.ConfigDict, cell: cells_lib.Cell, *,
     trained = train_lib.load_trained(train_dir)
   else:
     if detection is None:
+      warm_start(config, workdir, cell, train_dir)
       train_set = training_set(cell, splits['train'], poison_sets, victim)
     trained = train_lib.train(victim, {'train': train_set, 'test': splits['test']},
                               train_dir)
@@ -293,7 +295,52 @@ def run_cell(config: ml_collections.ConfigDict, cell: cells_lib.Cell, *,
       train_seconds=train_seconds, certify_seconds=certify_seconds,
       time=train_seconds + certify_seconds)
   workdir_lib.write_json(result_path, row)
-  return workdir_lib.read_json(result_path)  # As a resumed run sees it (NaN -> None).
+  return read_row(config, workdir, cell)  # As a resumed run sees it (NaN -> None).
+
+
+def read_row(config: ml_collections.ConfigDict, workdir: str,
+             cell: cells_lib.Cell) -> dict[str, Any]:
+  """A finished cell's row (``cells/<cell>/result.json``), with any setting field that
+  rows written by an earlier version lack (``victim_epochs``) filled in from the config."""
+  row = workdir_lib.read_json(os.path.join(workdir, 'cells', cell.name, 'result.json'))
+  for field, value in cells_lib.cell_setting(config, cell).items():
+    row.setdefault(field, value)
+  return row
+
+
+def warm_start(config: ml_collections.ConfigDict, workdir: str, cell: cells_lib.Cell,
+               train_dir: str) -> str | None:
+  """Starts a longer victim from a shorter one's last checkpoint; returns its cell name.
+
+  A cell of the ``victim_epochs`` sweep (``cell.victim_epochs`` set, no defense) whose
+  ``train_dir`` does not exist yet gets a copy of the training run of the longest
+  finished cell that differs from it in the number of epochs alone, and is shorter
+  (the base point's victim or another value of the axis); ``rsp.train`` then resumes
+  it up to the cell's own epochs. Training depends on the epoch and step numbers only
+  (constant learning rate, batches and noise drawn by ``fold_in`` of them), so the
+  result is the victim trained from scratch, for the cost of the missing epochs; its
+  ``train_seconds`` are those of all its epochs. The copy is made beside ``train_dir``
+  and renamed into place, so a killed copy leaves nothing behind. Returns None (and
+  copies nothing) where no such cell has finished.
+  """
+  if cell.victim_epochs is None or cell.defense != 'none' or os.path.exists(train_dir):
+    return None
+  base = cells_lib.own_epochs(config, cell.train_method)
+  shorter = sorted({e for e in (base, *cells_lib.sweep_values(config, 'victim_epochs'))
+                    if e is not None and e < cell.victim_epochs}, reverse=True)
+  for epochs in shorter:
+    donor = dataclasses.replace(cell, victim_epochs=None if epochs == base else epochs)
+    source = os.path.join(workdir, 'cells', donor.name, 'train')
+    if not os.path.isfile(os.path.join(source, 'summary.json')):
+      continue
+    partial = f'{train_dir}.copy-{os.getpid()}'
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns('summary.json'))
+    os.replace(partial, train_dir)
+    logging.info('Cell %s starts from the %d-epoch victim of %s.', cell.name, epochs,
+                 donor.name)
+    return donor.name
+  return None
 
 
 def _certified_points(workdir: str, cell: str, indices: np.ndarray) -> dict[str, Any]:

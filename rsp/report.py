@@ -61,11 +61,12 @@ POISON_LABELS = {
 TABLE_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 # The sweep axes: a short name (in labels) and an axis title (in tables and figures).
 AXIS_NAMES = {'eps': 'eps', 'poison_fraction': 'fraction', 'victim_sigma': 'sigma',
-              'target_class': 'class'}
+              'target_class': 'class', 'victim_epochs': 'epochs'}
 AXIS_TITLES = {'eps': 'eps (L-inf budget)',
                'poison_fraction': 'poisoned fraction of the class',
                'victim_sigma': "victims' sigma (training and certification)",
-               'target_class': 'target class'}
+               'target_class': 'target class',
+               'victim_epochs': "victims' training epochs"}
 
 
 class FigureError(RuntimeError):

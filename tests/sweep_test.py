@@ -29,7 +29,8 @@ def _sweep(axes=None, mode='small'):
 
 @pytest.mark.parametrize('axes,attacks,victims', [
     ((), 1, 6), (('eps',), 4, 18), (('poison_fraction',), 3, 14),
-    (('victim_sigma',), 1, 18), (('target_class',), 3, 18), (None, 8, 50)])
+    (('victim_sigma',), 1, 18), (('target_class',), 3, 18), (('victim_epochs',), 1, 18),
+    (None, 8, 62)])
 def test_each_axis_resolves_to_the_documented_grid(axes, attacks, victims):
   """The counts of the small mode's docstring table."""
   config = _sweep(axes)
@@ -45,11 +46,12 @@ def test_victims_and_attacks_are_shared_where_their_numbers_are():
   config = _sweep()
   cells = protocol.resolve_cells(config)
   settings = {c: cells_lib.cell_setting(config, c) for c in cells}
-  # One clean victim per (method, arch, victim sigma, target class, seed), whatever the
-  # eps or fraction ...
-  clean = [(c.train_method, c.arch, s['victim_sigma'], s['target_class'], c.seed)
+  # One clean victim per (method, arch, victim sigma, target class, epochs, seed),
+  # whatever the eps or fraction ...
+  clean = [(c.train_method, c.arch, s['victim_sigma'], s['target_class'],
+            s['victim_epochs'], c.seed)
            for c, s in settings.items() if c.poison == 'none']
-  assert len(clean) == len(set(clean)) == (1 + 2 + 2) * 2
+  assert len(clean) == len(set(clean)) == (1 + 2 + 2 + 2) * 2
   assert all(s['eps'] is None and s['poison_fraction'] is None
              for c, s in settings.items() if c.poison == 'none')
   # ... one attack per (method, eps, fraction, target class), the victims' sigma aside.
@@ -66,7 +68,8 @@ def test_victims_and_attacks_are_shared_where_their_numbers_are():
     if c.poison == 'pacd':
       s = settings[c]
       assert ('random', c.seed, *s.values()) in by_key
-      assert ('none', c.seed, s['target_class'], s['victim_sigma'], None, None) in by_key
+      assert ('none', c.seed, s['target_class'], s['victim_sigma'], s['victim_epochs'],
+              None, None) in by_key
 
 
 def test_names_and_specs_carry_the_setting():

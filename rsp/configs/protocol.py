@@ -124,7 +124,7 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   c.seeds = tuple(seeds)   # Victim seeds (initialisation, batches, noise); mean +- std.
   c.certify = certify
   # Sweeps, one axis at a time around the base point above (eps, poison_fraction, the
-  # victims' training sigma, target_class): axes names which of the value lists below
+  # victims' training sigma, target_class, the victims' training epochs): axes names which of the value lists below
   # to run, e.g. --config.sweep.axes=eps; () runs the base point only. victim_sigma
   # trains and certifies the victims at each sigma on the poisons made at the
   # attack's own sigma (rsp/configs/protocol_sweep.py).
@@ -134,6 +134,7 @@ def build_config(*, name: str, dataset: str, target_class: int, eps: float,
   c.sweep.poison_fraction = ()
   c.sweep.victim_sigma = ()
   c.sweep.target_class = ()
+  c.sweep.victim_epochs = ()
   c.figures = True
   c.num_figure_images = 8
   # Defenses (rsp.defense_cells): each name but 'none' adds its cells; 'none' (the

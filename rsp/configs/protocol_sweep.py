@@ -15,7 +15,11 @@ each sweep axis, one at a time, the others held at the base point:
 * ``victim_sigma``: 0.25, 0.5, 1.0: the victims train AND are certified at that sigma,
   on the poisons made against sigma 0.5 (the attack's sigma stays fixed);
 * ``target_class``: 0, 3, 8 (attack, baseline, clean victims and certified points of
-  that class).
+  that class);
+* ``victim_epochs``: 40, 60, 100 epochs of victim training on the same poisons (does
+  the drop survive a victim trained longer?). A longer victim starts from the
+  checkpoint of the shorter one of its cell (``rsp.protocol.warm_start``: the same
+  victim as one trained from scratch, for the cost of the missing epochs).
 
 Two victim seeds (0, 1): every ACR drop has a 95% confidence interval (Student t over
 the seeds, 1 degree of freedom: wide). Work is shared where the numbers are: a clean
@@ -35,7 +39,8 @@ the value lists are ``--config.sweep.eps=0.05,0.1`` etc.
   | ``poison_fraction`` | 3 | 14 | 50 min |
   | ``victim_sigma`` | 1 | 18 | 50 min |
   | ``target_class`` | 3 | 18 | 1 h 00 min |
-  | all four (the default) | 8 | 50 | 2 h 40 min |
+  | ``victim_epochs`` | 1 | 18 | 45 min (the 60- and 100-epoch victims train 20 and 40 more epochs) |
+  | all five (the default) | 8 | 62 | 3 h 10 min |
 
   Each axis includes the base point. With K workers (``--workers=K``) the victims
   share out K ways; the attacks come first and share out too.
@@ -87,9 +92,10 @@ from rsp.configs import train_mnist
 # The value lists of the sweep axes, per mode.
 _SWEEPS = {
     'small': dict(eps=(0.025, 0.05, 0.1, 0.2), poison_fraction=(0.25, 0.5, 1.0),
-                  victim_sigma=(0.25, 0.5, 1.0), target_class=(0, 3, 8)),
+                  victim_sigma=(0.25, 0.5, 1.0), target_class=(0, 3, 8),
+                  victim_epochs=(40, 60, 100)),
     'tiny': dict(eps=(0.05, 0.1), poison_fraction=(0.5, 1.0), victim_sigma=(0.25, 0.5),
-                 target_class=(3, 8)),
+                 target_class=(3, 8), victim_epochs=(1, 2)),
 }
 
 
@@ -102,7 +108,7 @@ def get_config(arg: str | None = None):
       certify=protocol.certify_settings(mode),
       poison_kinds=('none', 'pacd', 'random'),
       seeds=(0, 1) if mode == 'small' else (0,))
-  c.sweep.axes = ('eps', 'poison_fraction', 'victim_sigma', 'target_class')
+  c.sweep.axes = ('eps', 'poison_fraction', 'victim_sigma', 'target_class', 'victim_epochs')
   c.sweep.update(_SWEEPS[mode])
   if mode == 'tiny':
     common.shrink_to_tiny(c)
