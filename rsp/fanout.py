@@ -27,7 +27,6 @@ from rsp import checkpointing
 from rsp import grid as grid_lib
 from rsp import protocol
 from rsp import validation
-from rsp import workdir as workdir_lib
 
 
 def run_worker(config: ml_collections.ConfigDict, workdir: str, *,
