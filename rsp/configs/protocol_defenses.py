@@ -18,14 +18,13 @@ Argument: ``MODE``, one of
   (LeNet's 431k weight gradients are materialised per example); on the shared
   development machine a 5-epoch DP-SGD victim on the clean digits reached 0.814 test
   accuracy (0.84 on class 8) in 386 s. DPA: 20 partitions of about 175 images, plain LeNets of 40 epochs in batches
-  of 50. Not measured end to end (the development machine was shared by several
-  developers while this was written). Estimated for an otherwise idle 2-core CPU from
-  the main job's measured costs (a 40-epoch victim 75 s, the certification of 100
-  points at N = 10,000 57 s, so about 12 s at N = 2,000; the attack 4 min 08 s) and
-  the DP-SGD step at 25 plain steps: the attack
-  4 min, 14 victims at about 87 s each 20 min, the 2 DP-SGD victims about 4 min each,
-  DPA's 2 x 20 base classifiers (each set about one victim's worth of images) about
-  4 min, features and detection seconds: about 37 minutes in all.
+  of 50. Measured on a 2-core AMD EPYC (2026-12-02, another process running part of
+  the time): 41 min 13 s of wall time, 39 min 11 s of recorded compute (the attack
+  5 min 25 s, 18 victims 33 min 46 s). Result (seed 0): class-8 ACR 1.115 clean,
+  0.538 PACD (-51.8%); no detector reaches 3% precision (AUROC 0.33-0.49) and no
+  defense recovers the ACR beyond the retraining spread; DP-SGD costs 64% of the clean
+  ACR; DPA's certificate is vacuous (budget 700, at most 10 certifiable). The table is
+  in the README.
 * ``tiny``: seconds per stage, for tests: the tiny attack, 1-epoch victims on 800
   training points, 4 certified points with N = 64, every detector (oracle included),
   mixup, DP-SGD, bit-depth purification and DPA with 4 partitions.
