@@ -38,7 +38,6 @@ import numpy as np
 
 import common  # benchmarks/common.py (the script's own directory is on sys.path)
 from rsp import models
-from rsp import runtime
 from rsp import smoothing
 
 _MODELS = flags.DEFINE_list('models', ['lenet', 'resnet20'], 'Models to time.')
@@ -112,11 +111,7 @@ def main(argv):
   print('|' + '---|' * (header.count('|') - 1))
   plain_default = {}
   for allocator in _ALLOCATOR.value:
-    if allocator == 'keep_freed':
-      if not runtime.keep_freed_memory():
-        print('(keep_freed_memory is not available here: not glibc)')
-    elif allocator != 'default':
-      raise ValueError(f'--allocator={allocator!r}; accepted: default, keep_freed.')
+    common.set_allocator(allocator)
     for name in _MODELS.value:
       shape = models.input_shape(name)
       model = models.get_model(name, 10)

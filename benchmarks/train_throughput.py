@@ -41,7 +41,6 @@ import optax
 import common  # benchmarks/common.py (the script's own directory is on sys.path)
 from rsp import data
 from rsp import models
-from rsp import runtime
 from rsp import train
 from rsp.configs import train_cifar10
 from rsp.configs import train_mnist
@@ -190,11 +189,7 @@ def main(argv):
             'CPU ms/step | images/s | plain loop images/s | rsp / plain | GFLOP/step | '
             'GFLOP/s | % of matmul peak |')
   for allocator in _ALLOCATOR.value:
-    if allocator == 'keep_freed':
-      if not runtime.keep_freed_memory():
-        print('(keep_freed_memory is not available here: not glibc)')
-    elif allocator != 'default':
-      raise ValueError(f'--allocator={allocator!r}; accepted: default, keep_freed.')
+    common.set_allocator(allocator)
     print(header)
     print('|' + '---|' * (header.count('|') - 1))
     for name in names:

@@ -27,22 +27,15 @@ One method only: ``--config.crafted_against=macer --config.train_methods=macer``
 """
 
 from rsp.configs import common
-from rsp.configs import poison_mnist
-from rsp.configs import protocol
-from rsp.configs import train_mnist
+from rsp.configs import protocol_transfer
 
 
 def get_config(arg: str | None = None):
   mode = common.parse_mode(arg, modes=common.CPU_MODES, default='small')
-  c = protocol.build_config(
-      name=f'mnist_methods_{mode}', dataset='mnist_embedded', target_class=8, eps=0.1,
-      attacks={m: poison_mnist.get_config(f'{m},{mode}') for m in common.ATTACK_METHODS},
-      victims={m: train_mnist.get_config(f'{m},{mode}') for m in common.ATTACK_METHODS},
-      certify=protocol.certify_settings(mode),
-      poison_kinds=('none', 'pacd', 'random'),
-      archs=('lenet',), seeds=(0, 1, 2))
+  c = protocol_transfer.get_config(mode)  # The three attacks and victims of each mode.
+  c.name = f'mnist_methods_{mode}'
+  c.archs = ('lenet',)
+  c.other_arch_methods = ()
   c.pacd_victims = 'own'
-  if mode == 'tiny':
-    common.shrink_to_tiny(c)
-    c.seeds = (0,)
+  c.seeds = (0, 1, 2) if mode == 'small' else (0,)
   return c
