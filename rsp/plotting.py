@@ -10,6 +10,8 @@ inline in Jupyter). Each function saves a PNG when given a path (atomically, thr
 
 from __future__ import annotations
 
+import textwrap
+
 from typing import Any, Callable, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +24,12 @@ from rsp import workdir as workdir_lib
 # A curve: per-point certified radii and whether each prediction was correct.
 Curve = tuple[Any, Any]
 
+
+
+def _wrapped(title: str, width: int = 60) -> str:
+  """``title`` broken into lines of at most ``width`` characters (long titles would be
+  cut at the figure's edge)."""
+  return textwrap.fill(title, width=width, break_long_words=False)
 
 def _save(fig: Figure, path: str | None, dpi: int = 120) -> None:
   """Writes ``fig`` as a PNG to ``path`` atomically (``rsp.workdir.atomic_file``)."""
@@ -86,7 +94,7 @@ def plot_certified_accuracy_panels(panels: Mapping[str, Mapping[str, Curve]],
     if curves:
       ax.legend(fontsize='small')
   if title:
-    fig.suptitle(title)
+    fig.suptitle(_wrapped(title))
   _save(fig, path)
   return fig
 
@@ -159,7 +167,7 @@ def plot_image_grid(rows: Mapping[str, Any], path: str | None = None, *,
       if r == 0 and column_titles is not None and c < len(column_titles):
         ax.set_title(column_titles[c], fontsize='small')
   if title:
-    fig.suptitle(title)
+    fig.suptitle(_wrapped(title))
   _save(fig, path)
   return fig
 
@@ -240,7 +248,7 @@ def plot_acr_drop(aggregates: Sequence[Mapping[str, Any]], path: str | None = No
   ax.grid(axis='y', alpha=0.3)
   ax.legend(fontsize='small')
   if title:
-    ax.set_title(title)
+    ax.set_title(_wrapped(title))
   _save(fig, path)
   return fig
 
@@ -299,7 +307,7 @@ def plot_sweep(series: Sequence[Mapping[str, Any]], path: str | None = None, *,
   ax.grid(alpha=0.3)
   ax.legend(fontsize='small')
   if title:
-    ax.set_title(title, fontsize='medium')
+    ax.set_title(_wrapped(title), fontsize='medium')
   _save(fig, path)
   return fig
 
@@ -352,6 +360,6 @@ def plot_acr_by_defense(aggregates: Sequence[Mapping[str, Any]], path: str | Non
   ax.grid(axis='y', alpha=0.3)
   ax.legend(fontsize='small')
   if title:
-    ax.set_title(title)
+    ax.set_title(_wrapped(title))
   _save(fig, path)
   return fig
