@@ -20,10 +20,12 @@ each certified with Cohen's CERTIFY on the same 100 class-8 test points (seeded)
 small')``: tune them there (or override ``--config.attacks.gaussian.attack.num_epochs``,
 ``--config.victims.gaussian.num_epochs``).
 
-* small: 11 min 12 s on an otherwise idle 2-core CPU (measured 2026-11-24: the attack
-  4 min, each victim's training and certification about 2 min). Measured result:
-  class-8 ACR 1.299 (clean), 0.498 (PACD, -61.6%), 0.979 (random, -24.6%), clean
-  accuracy 0.974 / 0.967 / 0.973; the table is in the README.
+* small: 7 min 17 s on an otherwise idle 2-core AMD EPYC (measured 2026-12-02 in a
+  fresh clone: the attack 2 min 27 s, each victim about 44 s of training and 47 s of
+  certification; 11 min 12 s on 2026-11-24 before rsp.runtime's allocator setting).
+  Measured result (seed 0): class-8 ACR 1.252 (clean), 0.577 (PACD, -53.9%), 0.968
+  (random, -22.7%), clean accuracy 0.975 / 0.968 / 0.976; seed 1 gives -52.6%; the
+  table is in the README.
 * tiny: seconds of work per stage, for tests and the notebook's test.
 
 Command::
