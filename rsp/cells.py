@@ -14,8 +14,9 @@ without doing any work, and ``rsp.protocol`` runs it:
 * ``certification_points``: the seeded certified test points of each target class.
 
 **Sweeps.** ``config.sweep.axes`` names axes among eps, poison_fraction, victim_sigma,
-target_class and victim_epochs; the grid is then the base point (the config's own values) and each
-value of each axis with the others at the base point (``sweep_points``). A cell
+target_class and victim_epochs; the grid is then the base point (the config's own
+values) and each value of each axis with the others at the base point
+(``sweep_points``). A cell
 records where it departs from the base point (``Cell``; None: the base value) and only
 where that changes its numbers, so cells that share a victim are one cell: a clean
 victim is trained once per (method, arch, victim sigma, target class, seed), whatever
@@ -102,8 +103,8 @@ class Cell:
 
   The five fields after the seed say where the cell departs from the protocol's base
   point: None is ``config.target_class``, ``config.eps``, ``config.poison_fraction``, or
-  the training sigma or number of epochs of ``config.victims[train_method]``. ``resolve_cells`` sets only the
-  departures that change the cell's numbers (a clean victim has no eps or fraction), so
+  the training sigma or number of epochs of ``config.victims[train_method]``.
+  ``resolve_cells`` sets only the departures that change the cell's numbers (a clean victim has no eps or fraction), so
   that cells that share a victim are one cell.
   """
   train_method: str

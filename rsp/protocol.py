@@ -320,8 +320,9 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, cell: cells_lib.
   (constant learning rate, batches and noise drawn by ``fold_in`` of them), so the
   result is the victim trained from scratch, for the cost of the missing epochs; its
   ``train_seconds`` are those of all its epochs. The copy is made beside ``train_dir``
-  and renamed into place, so a killed copy leaves nothing behind. Returns None (and
-  copies nothing) where no such cell has finished.
+  and renamed into place, so a killed copy never leaves a partial run where
+  ``rsp.train`` would resume it. Returns None (and copies nothing) where no such cell
+  has finished.
   """
   if cell.victim_epochs is None or cell.defense != 'none' or os.path.exists(train_dir):
     return None
