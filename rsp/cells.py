@@ -104,8 +104,8 @@ class Cell:
   The five fields after the seed say where the cell departs from the protocol's base
   point: None is ``config.target_class``, ``config.eps``, ``config.poison_fraction``, or
   the training sigma or number of epochs of ``config.victims[train_method]``.
-  ``resolve_cells`` sets only the departures that change the cell's numbers (a clean victim has no eps or fraction), so
-  that cells that share a victim are one cell.
+  ``resolve_cells`` sets only the departures that change the cell's numbers (a clean
+  victim has no eps or fraction), so that cells that share a victim are one cell.
   """
   train_method: str
   arch: str
