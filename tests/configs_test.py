@@ -200,18 +200,6 @@ def test_protocol_methods_grid_is_the_transfer_diagonal():
   assert len(cells_lib.poison_keys(config, cells)) == 3 + 1  # 3 attacks, 1 random set.
 
 
-def test_pacd_victims_is_checked():
-  config = _module('protocol_methods').get_config('tiny')
-  config.pacd_victims = 'diagonal'
-  with pytest.raises(ValueError, match="config.pacd_victims='diagonal' is not known; "
-                     'accepted: all, own'):
-    protocol.validate_config(config)
-  config = _module('protocol_methods').get_config('tiny')
-  config.train_methods = ('gaussian', 'macer')
-  with pytest.raises(ValueError, match=r"has \['smoothadv'\], which config.train_methods"):
-    protocol.validate_config(config)
-
-
 def test_protocol_defenses_grids():
   """small: 8 smoothing defenses on the clean and the PACD set (16 victims) and DPA on
   each; tiny also the oracle. Training-time defenses set rsp.train's fields."""

@@ -38,3 +38,26 @@ def test_every_script_requires_config_and_workdir(script):
   assert out.returncode == 1
   assert '--config' in out.stderr and '--workdir' in out.stderr
   assert 'must have a value other than None' in out.stderr
+
+
+def test_start_turns_on_the_compilation_cache_unless_empty(tmp_path):
+  """Deterministic: --compilation_cache_dir=DIR points JAX's persistent cache at DIR
+  (created); an empty value leaves the cache off."""
+  code = '''
+import sys
+import jax
+from absl import flags
+from rsp import scripts
+flags.FLAGS(['prog', '--compilation_cache_dir=' + sys.argv[1]])
+scripts.start(['prog'])
+print(repr(jax.config.jax_compilation_cache_dir))
+'''
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env['PYTHONPATH'] = os.pathsep.join([_ROOT, env.get('PYTHONPATH', '')])
+  cache = str(tmp_path / 'cache')
+  for value, expected in ((cache, repr(cache)), ('', 'None')):
+    out = subprocess.run([sys.executable, '-c', code, value], capture_output=True,
+                         text=True, timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected
+  assert os.path.isdir(cache)

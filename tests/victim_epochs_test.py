@@ -9,6 +9,7 @@ comparison is exact (deterministic: failure odds 0). About 2 minutes on 2 CPU co
 """
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -93,3 +94,33 @@ def test_rows_and_curve_along_the_epochs(runs):
   clean2 = by_cell['gaussian-lenet-none-ep2-seed0']
   (row,) = [r for r in metrics.add_acr_drops(results['rows']) if r['cell'] == ep2['cell']]
   assert row['acr_clean'] == clean2['acr']
+
+
+def test_rows_written_before_the_field_existed_get_it_from_the_config(runs, tmp_path):
+  """Deterministic: a base cell's result.json without victim_epochs (as an earlier
+  version wrote it) reads back with the configured epochs; the others are untouched."""
+  extended = runs[0]
+  copy = str(tmp_path / 'old')
+  shutil.copytree(os.path.join(extended, 'cells'), os.path.join(copy, 'cells'))
+  path = os.path.join(copy, 'cells', 'gaussian-lenet-none-seed0', 'result.json')
+  row = workdir_lib.read_json(path)
+  del row['victim_epochs']
+  workdir_lib.write_json(path, row)
+  config = _config(('victim_epochs',))
+  (cell,) = [c for c in protocol.resolve_cells(config) if c.name == 'gaussian-lenet-none-seed0']
+  read = protocol.read_row(config, copy, cell)
+  assert read['victim_epochs'] == 1
+  assert {k: v for k, v in read.items() if k != 'victim_epochs'} == row
+
+
+def test_no_shorter_finished_victim_means_no_warm_start(tmp_path):
+  """Deterministic: nothing is copied where no shorter cell has finished, nor for a base
+  cell or a defended one."""
+  config = _config(('victim_epochs',))
+  cells = {c.name: c for c in protocol.resolve_cells(config)}
+  train_dir = str(tmp_path / 'train')
+  assert protocol.warm_start(config, str(tmp_path), cells['gaussian-lenet-none-ep2-seed0'],
+                             train_dir) is None
+  assert protocol.warm_start(config, str(tmp_path), cells['gaussian-lenet-none-seed0'],
+                             train_dir) is None
+  assert not os.path.exists(train_dir)

@@ -1,6 +1,7 @@
-"""Sweeps of the protocol: the grid each axis resolves to, what its cells share, their
-names and specs, the checks of config.sweep, and the rows' arithmetic along an axis
-(drops, aggregates, curves, tables, figures, subsets of certified points).
+"""Tests of rsp.cells, the protocol's grid resolved without work: the grid each sweep
+axis resolves to, what its cells share, their names and specs, the checks of
+config.sweep and config.pacd_victims, and the rows' arithmetic along an axis (drops,
+aggregates, curves, tables, figures, subsets of certified points).
 
 Nothing is trained: configs are resolved and synthetic rows are aggregated. Every
 assertion holds exactly: no test can fail by chance."""
@@ -17,6 +18,7 @@ from rsp import plotting
 from rsp import protocol
 from rsp import report
 from rsp.configs import protocol as protocol_config
+from rsp.configs import protocol_methods
 from rsp.configs import protocol_sweep
 
 
@@ -307,3 +309,16 @@ def test_subset_acr_drop_pairs_the_points():
     assert s['mean'] == pytest.approx(0.3) and s['std'] == pytest.approx(0.0, abs=1e-12)
   with pytest.raises(ValueError, match='same points'):
     metrics.subset_acr_drop(clean, clean[:10])
+
+
+def test_pacd_victims_is_checked():
+  """Deterministic: a bad value, and PACD sets no trained method would train on."""
+  config = protocol_methods.get_config('tiny')
+  config.pacd_victims = 'diagonal'
+  with pytest.raises(ValueError, match="config.pacd_victims='diagonal' is not known; "
+                     'accepted: all, own'):
+    protocol.validate_config(config)
+  config = protocol_methods.get_config('tiny')
+  config.train_methods = ('gaussian', 'macer')
+  with pytest.raises(ValueError, match=r"has \['smoothadv'\], which config.train_methods"):
+    protocol.validate_config(config)

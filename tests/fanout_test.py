@@ -1,4 +1,4 @@
-"""The protocol fanned out over workers that share a workdir (rsp.fanout.run_worker,
+"""Tests of rsp.fanout: the protocol fanned out over workers that share a workdir (rsp.fanout.run_worker,
 report_protocol, launch; experiments/run.py --report), and the certification-settings
 analysis of a finished workdir.
 

@@ -1,4 +1,4 @@
-"""The protocol's defense cells end to end on protocol_defenses.py:tiny: rows carrying
+"""Tests of rsp.defense_cells: the protocol's defense cells end to end on protocol_defenses.py:tiny: rows carrying
 ``defense`` and the detectors' ``detection``, the reuse of the undefended victims'
 checkpoints, DPA's rows and their statement, the report, resume, the script, and the
 checks of the new fields before any work.
