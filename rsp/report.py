@@ -698,16 +698,19 @@ def certification_settings_markdown(analysis: Mapping[str, Any], name: str = '')
   subsets = analysis['subsets']
   if subsets:
     first = next(iter(subsets.values()))['acr']
-    header = ['cell'] + [('all' if s['all_points'] else f'm = {s["m"]}') + ' ACR'
-                         for s in first]
-    lines += _table(header, [[f'`{c}`'] + [_spread_text(s) for s in v['acr']]
+    # Sizes of m >= the number of points all mean "every point": one column for them.
+    keep = [i for i, s in enumerate(first)
+            if not s['all_points'] or not any(t['all_points'] for t in first[:i])]
+    header = ['cell'] + [(f'all (m = {first[i]["m"]})' if first[i]['all_points'] else
+                          f'm = {first[i]["m"]}') + ' ACR' for i in keep]
+    lines += _table(header, [[f'`{c}`'] + [_spread_text(v['acr'][i]) for i in keep]
                              for c, v in subsets.items()])
     drops = {c: v['acr_drop'] for c, v in subsets.items() if v['acr_drop']}
     if drops:
       lines += ['', 'Relative ACR drop against the clean victim, on the same subset of '
                 'both victims\' points:', '']
       lines += _table(['poisoned cell'] + [h.replace('ACR', 'drop') for h in header[1:]],
-                      [[f'`{c}`'] + [_spread_text(s, percent=True) for s in v]
+                      [[f'`{c}`'] + [_spread_text(v[i], percent=True) for i in keep]
                        for c, v in drops.items()])
   noise = analysis['noise_samples']
   lines += ['', '## How many noise samples', '']

@@ -233,11 +233,11 @@ def test_certification_settings_of_a_finished_workdir(one_worker, tmp_path):
     cell_rows = metrics.read_certification_tsv(os.path.join(copy, 'cells', cell,
                                                             'certify.tsv'))
     assert [r[:5] for r in again] == [r[:5] for r in cell_rows]  # All but the time.
-  analysis = report.certification_settings(copy, sizes=(2, 0), num_seeds=3)
+  analysis = report.certification_settings(copy, sizes=(2, 4, 0), num_seeds=3)
   rows = {r['cell']: r for r in results['rows']}
   for cell in CELLS:
     sub = analysis['subsets'][cell]['acr']
-    assert [s['m'] for s in sub] == [2, 4] and sub[1]['all'] == pytest.approx(
+    assert [s['m'] for s in sub] == [2, 4, 4] and sub[2]['all'] == pytest.approx(
         rows[cell]['acr'])
   assert analysis['subsets'][CELLS[0]]['acr_drop'] is None  # The clean victim.
   assert analysis['subsets'][CELLS[2]]['acr_drop'] is not None
@@ -251,4 +251,6 @@ def test_certification_settings_of_a_finished_workdir(one_worker, tmp_path):
     assert drop == pytest.approx(expected)
   with open(os.path.join(copy, 'certification_settings.md')) as f:
     markdown = f.read()
-  assert '| cell | m = 2 ACR | all ACR |' in markdown and '| cell | N = 64 |' in markdown
+  # m = 4 and m = 0 both mean all 4 points: one column.
+  assert '| cell | m = 2 ACR | all (m = 4) ACR |' in markdown
+  assert '| cell | N = 64 |' in markdown
