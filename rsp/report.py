@@ -587,6 +587,7 @@ def make_figures(results: Mapping[str, Any], points: Mapping[str, Mapping[str, A
         categorical=axis == 'target_class', log_x=axis == 'eps',
         title=f'{cfg["name"]}: target-class ACR drop against the '
               f'{AXIS_NAMES[axis]} (95% CI over seeds)')
+    out.append(rel)
   if _defended(results['aggregates']):
     rel = os.path.join('figures', 'acr_defenses.png')
     plotting.plot_acr_by_defense(

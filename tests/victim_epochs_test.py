@@ -94,6 +94,13 @@ def test_rows_and_curve_along_the_epochs(runs):
   clean2 = by_cell['gaussian-lenet-none-ep2-seed0']
   (row,) = [r for r in metrics.add_acr_drops(results['rows']) if r['cell'] == ep2['cell']]
   assert row['acr_clean'] == clean2['acr']
+  # The curve's figure is drawn and listed (results.md links what is listed).
+  extended = runs[0]
+  assert 'figures/sweep_victim_epochs.png' in results['figures']
+  with open(os.path.join(extended, 'figures', 'sweep_victim_epochs.png'), 'rb') as f:
+    assert f.read(4) == b'\x89PNG'
+  with open(os.path.join(extended, 'results.md')) as f:
+    assert '![sweep_victim_epochs.png](figures/sweep_victim_epochs.png)' in f.read()
 
 
 def test_rows_written_before_the_field_existed_get_it_from_the_config(runs, tmp_path):
