@@ -12,10 +12,13 @@ victim seeds each: the diagonal of ``protocol_transfer.py``'s matrix
 per-point comparison of every poisoned victim with the clean victim of its seed and
 PACD against the random baseline over points and over seeds (results.md).
 
-* small: 3 attacks and 27 victims. Estimated for an otherwise idle 2-core CPU from the
-  measured stage times (benchmarks/README.md: attacks 4, 4.5 and 6 min; a victim's
-  training 75 s, 160 s and 90 s and its certification about 1 min): about 1 h 30 min.
-  Not yet run end to end.
+* small: 3 attacks and 27 victims. Measured one method at a time on a 2-core Intel Xeon
+  (2026-12-02): gaussian 34 min, macer 52 min (an attack 4-5 min, a victim 3 and 5.5
+  min); smoothadv is estimated at about 40 min (attack 6 min, victims about 90 s of
+  training and 1 min of certification on an AMD EPYC): about 2 h in all. Measured
+  (README, "PACD against each method's own victims"): class-8 ACR drops of 51.4%
+  [43.4, 59.5] (gaussian), 35.3% [-24.1, 94.7] (macer) and 40.9% [20.6, 61.2]
+  (smoothadv), every PACD victim below the random-noise victim of its seed.
 * tiny: seconds per stage, one seed, for tests.
 
 Command::
