@@ -19,8 +19,10 @@ values) and each value of each axis with the others at the base point
 (``sweep_points``). A cell
 records where it departs from the base point (``Cell``; None: the base value) and only
 where that changes its numbers, so cells that share a victim are one cell: a clean
-victim is trained once per (method, arch, victim sigma, target class, seed), whatever
-the eps or fraction; a poison set (``PoisonKey``) is made once per (kind, method, eps,
+victim is certified once per (method, arch, victim sigma, target class, seed), whatever
+the eps or fraction, and trained once per (method, arch, victim sigma, seed): the clean
+victims of the other target classes copy its training run (``rsp.protocol.warm_start``);
+a poison set (``PoisonKey``) is made once per (kind, method, eps,
 fraction, target class), whatever the victims' sigma. The random baseline of each
 budget sits beside the PACD cells of that budget. Names show the departures:
 ``gaussian-lenet-pacd_gaussian-eps0.05-seed0``, ``gaussian-lenet-none-sigma1-seed0``;

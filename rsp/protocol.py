@@ -310,27 +310,44 @@ def read_row(config: ml_collections.ConfigDict, workdir: str,
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str, cell: cells_lib.Cell,
                train_dir: str) -> str | None:
-  """Starts a longer victim from a shorter one's last checkpoint; returns its cell name.
+  """Starts a victim from another finished cell's training run; returns that cell's name.
 
-  A cell of the ``victim_epochs`` sweep (``cell.victim_epochs`` set, no defense) whose
-  ``train_dir`` does not exist yet gets a copy of the training run of the longest
-  finished cell that differs from it in the number of epochs alone, and is shorter
-  (the base point's victim or another value of the axis); ``rsp.train`` then resumes
-  it up to the cell's own epochs. Training depends on the epoch and step numbers only
-  (constant learning rate, batches and noise drawn by ``fold_in`` of them), so the
+  Two kinds of cell share training with another one, at no change to their numbers:
+
+  * a clean victim of another target class (``cell.poison == 'none'``,
+    ``cell.target_class`` set): its training set, and so its training, does not depend
+    on the target class (only its certified points do), so it takes the training run of
+    the same victim at the base point's class, with the same number of epochs or fewer;
+  * a cell of the ``victim_epochs`` sweep (``cell.victim_epochs`` set) takes the run of
+    the longest finished cell that differs from it in the number of epochs alone, and
+    is shorter (the base point's victim or another value of the axis).
+
+  The run is copied without its ``summary.json`` and ``rsp.train`` then resumes it up to
+  the cell's own epochs (for a full-length copy it only evaluates and writes the
+  summary, with the cell's target class). Training depends on the epoch and step numbers
+  only (constant learning rate, batches and noise drawn by ``fold_in`` of them), so the
   result is the victim trained from scratch, for the cost of the missing epochs; its
   ``train_seconds`` are those of all its epochs. The copy is made beside ``train_dir``
   and renamed into place, so a killed copy never leaves a partial run where
-  ``rsp.train`` would resume it. Returns None (and copies nothing) where no such cell
-  has finished.
+  ``rsp.train`` would resume it. Cells with a defense never share. Returns None (and
+  copies nothing) where no donor has finished, e.g. while another worker still trains
+  it: the cell then trains from scratch.
   """
-  if cell.victim_epochs is None or cell.defense != 'none' or os.path.exists(train_dir):
+  if cell.defense != 'none' or os.path.exists(train_dir):
     return None
   base = cells_lib.own_epochs(config, cell.train_method)
+  own = cell.victim_epochs if cell.victim_epochs is not None else base
   shorter = sorted({e for e in (base, *cells_lib.sweep_values(config, 'victim_epochs'))
-                    if e is not None and e < cell.victim_epochs}, reverse=True)
-  for epochs in shorter:
-    donor = dataclasses.replace(cell, victim_epochs=None if epochs == base else epochs)
+                    if e is not None and own is not None and e < own}, reverse=True)
+  donors = []
+  if cell.poison == 'none' and cell.target_class is not None:
+    donors += [dataclasses.replace(cell, target_class=None,
+                                   victim_epochs=None if e == base else e)
+               for e in (own, *shorter)]
+  if cell.victim_epochs is not None:
+    donors += [dataclasses.replace(cell, victim_epochs=None if e == base else e)
+               for e in shorter]
+  for donor in donors:
     source = os.path.join(workdir, 'cells', donor.name, 'train')
     if not os.path.isfile(os.path.join(source, 'summary.json')):
       continue
@@ -338,8 +355,7 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, cell: cells_lib.
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial, ignore=shutil.ignore_patterns('summary.json'))
     os.replace(partial, train_dir)
-    logging.info('Cell %s starts from the %d-epoch victim of %s.', cell.name, epochs,
-                 donor.name)
+    logging.info('Cell %s starts from the training run of %s.', cell.name, donor.name)
     return donor.name
   return None
 

@@ -23,8 +23,9 @@ each sweep axis, one at a time, the others held at the base point:
 
 Two victim seeds (0, 1): every ACR drop has a 95% confidence interval (Student t over
 the seeds, 1 degree of freedom: wide). Work is shared where the numbers are: a clean
-victim is trained once per (method, arch, victim sigma, target class, seed), whatever
-the eps or fraction, and an attack is run once per (method, eps, fraction, target
+victim is trained once per (method, arch, victim sigma, seed), whatever the eps,
+fraction or target class (a clean victim of another class copies the base class's
+training run and is only certified on its own class's points), and an attack is run once per (method, eps, fraction, target
 class); the random baseline of the same budget (eps, fraction) is beside each PACD
 cell. ``--config.sweep.axes=eps`` (or ``eps,victim_sigma``, ...) runs some axes only;
 the value lists are ``--config.sweep.eps=0.05,0.1`` etc.
