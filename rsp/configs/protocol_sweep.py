@@ -25,26 +25,28 @@ Two victim seeds (0, 1): every ACR drop has a 95% confidence interval (Student t
 the seeds, 1 degree of freedom: wide). Work is shared where the numbers are: a clean
 victim is trained once per (method, arch, victim sigma, seed), whatever the eps,
 fraction or target class (a clean victim of another class copies the base class's
-training run and is only certified on its own class's points), and an attack is run once per (method, eps, fraction, target
-class); the random baseline of the same budget (eps, fraction) is beside each PACD
+training run and is only certified on its own class's points), and an attack is run
+once per (method, eps, fraction, target class); the random baseline of the same budget (eps, fraction) is beside each PACD
 cell. ``--config.sweep.axes=eps`` (or ``eps,victim_sigma``, ...) runs some axes only;
 the value lists are ``--config.sweep.eps=0.05,0.1`` etc.
 
-* small: estimated on an otherwise idle 2-core CPU from the measured stage times (an
-  attack 4-5 min, a victim about 1.5 min of training plus 1 min of certification):
+* small: measured on a 2-core AMD EPYC (2026-12-02 and 12-03; an attack 3-4.5 min, a
+  victim about 1.5 min of training plus 1 min of certification; the 12-03 runs shared
+  the CPU with a low-priority job), each axis in one workdir after the others:
 
-  | axes | attacks | victims | estimate |
+  | axes | attacks | victims | measured |
   | --- | --- | --- | --- |
-  | base point only (``--config.sweep.axes=``) | 1 | 6 | 20 min |
-  | ``eps`` | 4 | 18 | 1 h 05 min |
-  | ``poison_fraction`` | 3 | 14 | 50 min |
-  | ``victim_sigma`` | 1 | 18 | 50 min |
-  | ``target_class`` | 3 | 18 | 1 h 00 min |
-  | ``victim_epochs`` | 1 | 18 | 45 min (the 60- and 100-epoch victims train 20 and 40 more epochs) |
-  | all five (the default) | 8 | 62 | 3 h 10 min |
+  | base point only (``--config.sweep.axes=``) | 1 | 6 | about 20 min (estimate) |
+  | ``eps`` | 4 | 18 | 51 min |
+  | ``poison_fraction`` (base point included) | 3 | 14 | 41 min |
+  | ``target_class`` (after the base point) | 2 more | 12 more | 33 min (its 4 clean victims still trained anew) |
+  | ``victim_sigma`` (after the base point) | none more | 12 more | 30 min |
+  | ``victim_epochs`` (after the base point) | none more | 12 more | 18 min (the 60- and 100-epoch victims train 20 and 40 more epochs) |
+  | all five (the default) | 8 | 62 | about 3 h |
 
-  Each axis includes the base point. With K workers (``--workers=K``) the victims
-  share out K ways; the attacks come first and share out too.
+  The clean victims of the target-class axis copy the base class's training run, so
+  they cost a certification only. With K workers (``--workers=K``) the victims share out
+  K ways; the attacks come first and share out too.
 * tiny: two values per axis, one seed, seconds per stage, for tests.
 
 Command::
