@@ -38,10 +38,10 @@ the value lists are ``--config.sweep.eps=0.05,0.1`` etc.
   | --- | --- | --- | --- |
   | base point only (``--config.sweep.axes=``) | 1 | 6 | about 20 min (estimate) |
   | ``eps`` | 4 | 18 | 51 min |
-  | ``poison_fraction`` (base point included) | 3 | 14 | 41 min |
-  | ``target_class`` (after the base point) | 2 more | 12 more | 33 min (its 4 clean victims still trained anew) |
-  | ``victim_sigma`` (after the base point) | none more | 12 more | 30 min |
-  | ``victim_epochs`` (after the base point) | none more | 12 more | 18 min (the 60- and 100-epoch victims train 20 and 40 more epochs) |
+  | ``poison_fraction`` | 3 | 14 | 41 min (the base point included) |
+  | ``target_class`` | 3 | 18 | 33 min for the 2 attacks and 12 victims beyond the base point (its 4 clean victims still trained anew) |
+  | ``victim_sigma`` | 1 | 18 | 30 min for the 12 victims beyond the base point |
+  | ``victim_epochs`` | 1 | 18 | 18 min for the 12 victims beyond the base point (the 60- and 100-epoch victims train 20 and 40 more epochs) |
   | all five (the default) | 8 | 62 | about 3 h |
 
   The clean victims of the target-class axis copy the base class's training run, so
