@@ -34,7 +34,12 @@ is trained online together with the poisons: per outer step, a batch of
 then one step of the poisons' optimiser (per-poison Adam with learning rate
 ``poison_learning_rate``, or a signed step) and the projection onto the eps ball and
 [0, 1]. The surrogate, solver and optimiser states are re-initialised every
-``reinit_every_epochs`` epochs; the poisons persist. A non-finite objective, inner loss
+``reinit_every_epochs`` epochs; the poisons persist. With ``num_surrogates = K > 1`` an
+ensemble of K surrogates is trained side by side on the same batches (own
+initialisations and noise), surrogate j re-initialised every ``reinit_every_epochs``
+epochs from epoch ``1 + floor(j * reinit_every_epochs / K)`` on, so that the poisons
+always see surrogates at staggered stages of training; the poisons follow the mean of
+the K hypergradients (K times the cost of a step). A non-finite objective, inner loss
 or hypergradient skips the poison update and re-initialises the surrogate (logged and
 counted): no NaN ever reaches a poison.
 
@@ -179,7 +184,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
 
   ``step(carry, clean_x, clean_y, poisons, clean_of_poisons, moments, val_x, val_y,
   adv_eps, key) -> (carry, poisons, moments, metrics)``, where ``carry`` holds the
-  surrogate (params, state, inner optimiser state) and the solver's warm start, and
+  surrogate (params, state, inner optimiser state) and the solver's warm start (each leaf
+  stacked on a leading axis of ``config.attack.num_surrogates`` if that is > 1), and
   ``moments`` the poisons' optimiser state for this batch (first, second moment, count).
   ``metrics`` are scalars; with ``return_hypergrad=True`` they also hold the batch's
   hypergradient dF/du under ``'hypergrad'`` (``[B_p, H, W, C]``; zeros if the step was
@@ -193,6 +199,7 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
   target = int(config.target_class)
   eps = float(config.eps)
   augment = bool(a.get('augment', False))
+  num_surrogates = int(a.get('num_surrogates', 1))
   outer = functools.partial(outer_objective, apply_fn=train_apply_fn, sigma=a.sigma,
                             num_noise=a.outer_num_noise, beta=a.beta, alpha=a.alpha)
 
@@ -200,14 +207,10 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
     value, (new_state, _) = loss(params, state, batch, key, apply_fn=train_apply_fn)
     return value, new_state
 
-  @jax.jit
-  def step(carry, clean_x, clean_y, poisons, clean_of_poisons, moments, val_x, val_y,
-           adv_eps, key):
+  def surrogate_grad(carry, clean_x, clean_y, poisons, val_x, val_y, adv_eps, keys):
+    """One surrogate's inner steps and hypergradient: (carry, dF/du, F, g, residual)."""
     params, state, opt_state, solution, solver_state = carry
-    k_aug, k_adv, k_inner, k_hyper, k_outer, k_val = jax.random.split(key, 6)
-    if augment:
-      clean_x = data_lib.random_crop_flip(k_aug, clean_x)
-      val_x = data_lib.random_crop_flip(k_val, val_x)
+    k_adv, k_inner, k_outer = keys
     adv_clean = jnp.zeros_like(clean_x)
     adv_poison = jnp.zeros_like(poisons)
     if method == 'smoothadv':
@@ -262,6 +265,35 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
       params, opt_state, state = aux.params, aux.opt_state, aux.state
       residual, objective = jnp.zeros(()), aux.value
       inner_loss = jnp.mean(aux.inner_losses)
+    carry = (params, state, opt_state, solution, solver_state)
+    return carry, grad_u, objective, inner_loss, residual
+
+  @jax.jit
+  def step(carry, clean_x, clean_y, poisons, clean_of_poisons, moments, val_x, val_y,
+           adv_eps, key):
+    k_aug, k_adv, k_inner, k_hyper, k_outer, k_val = jax.random.split(key, 6)
+    del k_hyper
+    if augment:
+      clean_x = data_lib.random_crop_flip(k_aug, clean_x)
+      val_x = data_lib.random_crop_flip(k_val, val_x)
+    if num_surrogates == 1:
+      carry, grad_u, objective, inner_loss, residual = surrogate_grad(
+          carry, clean_x, clean_y, poisons, val_x, val_y, adv_eps, (k_adv, k_inner, k_outer))
+      params = carry[0]
+    else:
+      # The ensemble: every surrogate (stacked on a leading axis) takes its inner steps
+      # on the same batches with its own noise; the poisons follow the mean
+      # hypergradient. lax.map runs them one after another (one compiled body).
+      ids = jnp.arange(num_surrogates)
+      keys = tuple(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, ids)
+                   for k in (k_adv, k_inner, k_outer))
+      carry, grads, objectives, inner_losses, residuals = jax.lax.map(
+          lambda xs: surrogate_grad(xs[0], clean_x, clean_y, poisons, val_x, val_y,
+                                    adv_eps, xs[1]), (carry, keys))
+      grad_u = jnp.mean(grads, axis=0)
+      objective, inner_loss = jnp.mean(objectives), jnp.mean(inner_losses)
+      residual = jnp.max(residuals)
+      params = carry[0]
 
     finite = (_tree_isfinite(grad_u) & jnp.isfinite(objective) & jnp.isfinite(inner_loss)
               & _tree_isfinite(params))
@@ -286,8 +318,7 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
     }
     if return_hypergrad:
       metrics['hypergrad'] = grad_u
-    return ((params, state, opt_state, solution, solver_state), new_poisons, (m, v, count),
-            metrics)
+    return carry, new_poisons, (m, v, count), metrics
 
   return step, inner_tx
 
@@ -353,6 +384,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_ints('config.attack.', a, (
       'clean_batch_size', 'poison_batch_size', 'val_batch_size', 'inner_steps',
       'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'))
+  validation.check_int('config.attack.num_surrogates', a.get('num_surrogates', 1), 1,
+                       meaning='the size of the surrogate ensemble')
   for old, name in _RENAMED_FIELDS.items():
     if old in a:
       raise ValueError(f'config.attack.{old} is now called config.attack.{name}.')
@@ -387,6 +420,17 @@ def attack_settings(config: ml_collections.ConfigDict,
           'inputs': {f'{name}_data': workdir_lib.array_digest(splits[name]['image'],
                                                               splits[name]['label'])
                      for name in ('train', 'val')}}
+
+
+def surrogate_restarts(epoch: int, period: int, num_surrogates: int = 1) -> list[int]:
+  """The surrogates re-initialised at the start of ``epoch`` (counted from 1; all start
+  fresh at epoch 1): surrogate j every ``period`` epochs from epoch
+  ``1 + floor(j * period / num_surrogates)`` on. One surrogate restarts at epochs
+  1 + period, 1 + 2 period, ..."""
+  if epoch <= 1:
+    return []
+  since = [epoch - 1 - (j * period) // num_surrogates for j in range(num_surrogates)]
+  return [j for j, e in enumerate(since) if e >= 0 and e % period == 0]
 
 
 def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -470,12 +514,26 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   root = jax.random.key(config.seed)
   init_key, step_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 
-  def fresh_carry(cycle: int):
-    params, state = models.split_variables(
-        models.init_model(jax.random.fold_in(init_key, cycle), model, info['shape']))
+  num_surrogates = int(a.get('num_surrogates', 1))
+
+  def one_carry(key):
+    params, state = models.split_variables(models.init_model(key, model, info['shape']))
     solution = jax.tree.map(jnp.zeros_like, params)
     solver_state = optax.adam(a.solver_learning_rate).init(params)
     return (params, state, inner_tx.init(params), solution, solver_state)
+
+  def fresh_carry(cycle: int):
+    if num_surrogates == 1:
+      return one_carry(jax.random.fold_in(init_key, cycle))
+    # Surrogate j of the ensemble is drawn from fold_in(fold_in(init_key, cycle), j).
+    carries = [one_carry(jax.random.fold_in(jax.random.fold_in(init_key, cycle), j))
+               for j in range(num_surrogates)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *carries)
+
+  def replace_surrogate(carry, j: int, cycle: int):
+    """``carry`` with surrogate j re-initialised (an ensemble's staggered restart)."""
+    new = one_carry(jax.random.fold_in(jax.random.fold_in(init_key, cycle), j))
+    return jax.tree.map(lambda old, x: old.at[j].set(x), carry, new)
 
   def fresh_moments():
     return (np.zeros_like(clean_poisons), np.zeros_like(clean_poisons),
@@ -504,12 +562,19 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   t_start = time.time()
   for step in range(start, total_steps):
     epoch = step // steps_per_epoch + 1  # counts from 1 as in the reference
-    if step % steps_per_epoch == 0 and step > 0 and \
-        (epoch - 1) % a.reinit_every_epochs == 0:
-      # Re-initialise the surrogate, the solver and every optimiser state; poisons stay.
-      carry = fresh_carry(step)
-      moments = fresh_moments()
-      logging.info('PACD: re-initialised the surrogate at epoch %d.', epoch)
+    if step % steps_per_epoch == 0 and step > 0:
+      restart = surrogate_restarts(epoch, a.reinit_every_epochs, num_surrogates)
+      if num_surrogates == 1 and restart:
+        # Re-initialise the surrogate, the solver and every optimiser state; poisons stay.
+        carry = fresh_carry(step)
+        moments = fresh_moments()
+        logging.info('PACD: re-initialised the surrogate at epoch %d.', epoch)
+      for j in restart if num_surrogates > 1 else ():
+        carry = replace_surrogate(carry, j, step)
+        if j == 0:
+          moments = fresh_moments()  # The poisons' moments follow the first surrogate.
+        logging.info('PACD: re-initialised surrogate %d of %d at epoch %d.', j,
+                     num_surrogates, epoch)
     rng = np.random.default_rng([config.seed, step])
     perm_epoch = np.random.default_rng([config.seed, 10**6 + epoch - 1]).permutation(n_clean)
     pos = step % steps_per_epoch

@@ -348,14 +348,23 @@ def _matches(field: str, patterns: Iterable[str]) -> bool:
   return False
 
 
+# Config fields added after runs were recorded, with the value that does what those runs
+# did: a record without the field matches a current value equal to it (a bare name
+# matches at any depth, as in ``resumable``), so older workdirs stay usable.
+ADDED_FIELDS: Mapping[str, Any] = {'num_surrogates': 1}
+
+
 def differences(recorded: Any, current: Any, *, resumable: Sequence[str] = (),
-                prefix: str = '') -> list[tuple[str, Any, Any]]:
+                prefix: str = '',
+                added: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
   """The nested fields where two settings differ, as ``(field, recorded, current)``.
 
   Both sides are compared as strict JSON (tuples and lists alike, NaN as None), so a
   setting read back from a file equals the one it was written from. Fields named in
-  ``resumable`` (see :func:`check_settings`) are skipped.
+  ``resumable`` (see :func:`check_settings`) are skipped; a field of ``added`` (default
+  ``ADDED_FIELDS``) missing from ``recorded`` matches a current value equal to its entry.
   """
+  added = ADDED_FIELDS if added is None else added
   recorded, current = to_json(recorded), to_json(current)
   if isinstance(recorded, dict) and isinstance(current, dict):
     out = []
@@ -363,8 +372,11 @@ def differences(recorded: Any, current: Any, *, resumable: Sequence[str] = (),
       field = f'{prefix}{k}'
       if _matches(field, resumable):
         continue
+      if k not in recorded and any(_matches(field, (name,)) and to_json(value) ==
+                                   current[k] for name, value in added.items()):
+        continue
       out += differences(recorded.get(k), current.get(k), resumable=resumable,
-                         prefix=field + '.')
+                         prefix=field + '.', added=added)
     return out
   if recorded != current:
     return [(prefix[:-1] or '(all)', recorded, current)]

@@ -108,6 +108,23 @@ def test_check_settings_lists_every_difference_and_the_overrides(tmp_path):
   assert '--config.seed=0' in message and 'new workdir' in message
 
 
+def test_a_field_added_later_matches_its_old_behaviour_only(tmp_path):
+  """A record made before ``num_surrogates`` existed (``ADDED_FIELDS``) matches a config
+  holding its default at any depth, and is refused, naming the field, for another
+  value; a field not in ``ADDED_FIELDS`` is never filled in."""
+  path = str(tmp_path / 'settings.json')
+  workdir_lib.write_json(path, {'config': {'attack': {'sigma': 0.5}}})
+  assert workdir_lib.check_settings(
+      path, {'config': {'attack': {'sigma': 0.5, 'num_surrogates': 1}}})
+  with pytest.raises(workdir_lib.SettingsMismatchError,
+                     match='config.attack.num_surrogates: None there, 2 now'):
+    workdir_lib.check_settings(path, {'config': {'attack': {'sigma': 0.5,
+                                                            'num_surrogates': 2}}})
+  with pytest.raises(workdir_lib.SettingsMismatchError, match='attack.lbd'):
+    workdir_lib.check_settings(path, {'config': {'attack': {'sigma': 0.5, 'lbd': 1}}})
+  assert not workdir_lib.differences({'a': 1}, {'a': 1, 'k': 3}, added={'k': 3})
+
+
 def test_tuples_and_lists_compare_equal_after_a_round_trip(tmp_path):
   path = str(tmp_path / 'config.json')
   settings = ml_collections.ConfigDict({'seeds': (0, 1), 'x': float('nan')})

@@ -163,6 +163,9 @@ def attack_base_config() -> ml_collections.ConfigDict:
   a.num_epochs = 50
   a.steps_per_epoch = 0      # 0: floor(|D_c| / B_c), the reference's epoch.
   a.reinit_every_epochs = 10
+  # Surrogates trained side by side, each re-initialised every reinit_every_epochs with
+  # staggered offsets; the poisons follow their mean hypergradient (K times the cost).
+  a.num_surrogates = 1
   a.remat = False
   # Unroll the solver's iterations / the unrolled mode's inner steps when tracing: on
   # XLA CPU rolled loops of convolutional second-order work ran 4-14x slower
