@@ -253,7 +253,9 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
           maxiter=a.solver_steps, learning_rate=a.solver_learning_rate, init=solution,
           solver_state=solver_state, has_aux=True, state=state, return_aux=True,
           unroll=bool(a.get('unroll', True)))
-      solution, solver_state = aux.solution, aux.solver_state
+      solution = aux.solution
+      if aux.solver_state is not None:  # Only ApproxGrad has a state; others keep theirs,
+        solver_state = aux.solver_state  # so the carry's structure (and compilation) holds.
       residual, objective = aux.residual, aux.value
       inner_loss = jnp.stack(inner_losses).mean()
     else:
@@ -283,13 +285,16 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
     else:
       # The ensemble: every surrogate (stacked on a leading axis) takes its inner steps
       # on the same batches with its own noise; the poisons follow the mean
-      # hypergradient. lax.map runs them one after another (one compiled body).
-      ids = jnp.arange(num_surrogates)
-      keys = tuple(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, ids)
-                   for k in (k_adv, k_inner, k_outer))
-      carry, grads, objectives, inner_losses, residuals = jax.lax.map(
-          lambda xs: surrogate_grad(xs[0], clean_x, clean_y, poisons, val_x, val_y,
-                                    adv_eps, xs[1]), (carry, keys))
+      # hypergradient. The members are traced one after another (a rolled loop,
+      # lax.map, ran the convolutions' second-order work several times slower on XLA
+      # CPU; see config.attack.unroll).
+      outs = [surrogate_grad(jax.tree.map(lambda x, j=j: x[j], carry), clean_x, clean_y,
+                             poisons, val_x, val_y, adv_eps,
+                             tuple(jax.random.fold_in(k, j)
+                                   for k in (k_adv, k_inner, k_outer)))
+              for j in range(num_surrogates)]
+      carry, grads, objectives, inner_losses, residuals = jax.tree.map(
+          lambda *xs: jnp.stack(xs), *outs)
       grad_u = jnp.mean(grads, axis=0)
       objective, inner_loss = jnp.mean(objectives), jnp.mean(inner_losses)
       residual = jnp.max(residuals)

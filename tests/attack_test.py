@@ -508,17 +508,21 @@ def test_per_poison_adam_is_optax_adam_on_each_poison_alone(splits, tmp_path,
   assert 2 * error.max() < 0.01 * lr_u
 
 
-def test_outer_step_compiles_once_per_setting(splits, tmp_path):
+@pytest.mark.parametrize('solver', ['approxgrad', 'identity'])
+def test_outer_step_compiles_once_per_setting(solver, splits, tmp_path):
   """Attacks with one setting (here another seed and length) share one compiled step,
-  counted by the jitted step's own cache; another setting gets its own step."""
+  counted by the jitted step's own cache (a carry whose structure changed after the
+  first step, as a solver without state once made it, would compile twice); another
+  setting gets its own step."""
   # pylint: disable=protected-access
-  config = _tiny()
+  config = _tiny(solver=solver)
   model, apply_fn = _surrogate(config)
   step, _ = attack._cached_outer_step(config, model, apply_fn)
   attack.pacd(config, splits, str(tmp_path / 'first'))
-  other = _tiny()
+  other = _tiny(solver=solver)
   other.seed, other.attack.num_epochs = 1, 1
   attack.pacd(other, splits, str(tmp_path / 'second'))
   assert attack._cached_outer_step(other, model, apply_fn)[0] is step
   assert step._cache_size() == 1
-  assert attack._cached_outer_step(_tiny(poison_learning_rate=0.05), model, apply_fn)[0] is not step
+  assert attack._cached_outer_step(_tiny(solver=solver, poison_learning_rate=0.05), model,
+                                   apply_fn)[0] is not step
