@@ -17,7 +17,9 @@ SmoothAdv) has a small certified radius on class t. The bilevel problem
 with ``p(x) = 1/k sum_i softmax(beta z_w(x + eta_i))`` the soft smoothed classifier on
 target-class validation points V_t (``rsp.robust_training.certified_radius_surrogate``),
 and g the victim's training loss on a batch of clean non-target points and poisons
-(``rsp.robust_training``). The outer objective does not depend on the poisons directly.
+(``rsp.robust_training``; ``config.attack.inner_method`` trains the surrogate with another
+method than ``config.attack.method``, the victim's, e.g. Gaussian augmentation against
+MACER victims). The outer objective does not depend on the poisons directly.
 
 The attack loop (docs/reference_implementation.md#solver-and-driver). A surrogate network
 is trained online together with the poisons: per outer step, a batch of
@@ -147,6 +149,12 @@ def inner_batch(clean_images, clean_labels, poisons, target_class: int):
   return {'image': images, 'label': labels}
 
 
+def surrogate_method(attack_config: ml_collections.ConfigDict) -> str:
+  """The training method of the surrogate (the inner problem): ``inner_method`` if set,
+  else ``method``, the victim's method the poisons target."""
+  return attack_config.get('inner_method', '') or attack_config.method
+
+
 def inner_loss_fn(method: str, hparams: Mapping[str, Any]):
   """The victim's training loss used as the inner objective g.
 
@@ -192,7 +200,7 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
   not finite), the direction the poisons' optimiser was given.
   """
   a = config.attack
-  method = a.method
+  method = surrogate_method(a)
   loss = inner_loss_fn(method, a.inner)
   inner_tx = optax.adam(a.inner_learning_rate,
                         eps_root=1e-12 if a.mode == 'unrolled' else 0.0)
@@ -379,6 +387,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   validation.check_int('config.poison_subset_seed', config.get('poison_subset_seed', 0),
                        0, meaning='seeds which images a poison_fraction < 1 poisons')
   a = config.attack
+  validation.check_choice('config.attack.inner_method', a.get('inner_method', ''),
+                          ('',) + INNER_METHODS)
   for name, value, accepted in (('method', a.method, INNER_METHODS),
                                 ('mode', a.mode, MODES), ('solver', a.solver, SOLVERS),
                                 ('poison_optimizer', a.poison_optimizer,
@@ -402,7 +412,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.attack.damping={a.damping} must be >= 0.')
   if not 0 <= a.alpha < 0.5:
     raise ValueError(f'config.attack.alpha={a.alpha} must be in [0, 0.5).')
-  robust_training.validate_hparams(a.method, prefix='config.attack.inner.',
+  robust_training.validate_hparams(surrogate_method(a), prefix='config.attack.inner.',
                                    **dict(a.inner))
   for name, meaning in (('steps_per_epoch', '0: the whole clean pool per epoch'),
                         ('checkpoint_every_steps', '0: every epoch')):
@@ -587,7 +597,7 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
     pi = _sample(rng, n_p, a.poison_batch_size)
     vi = _sample(rng, n_v, a.val_batch_size)
     adv_eps = robust_training.smoothadv_cycle_epsilon(
-        epoch, a.inner.get('epsilon', 0.0)) if a.method == 'smoothadv' else 0.0
+        epoch, a.inner.get('epsilon', 0.0)) if surrogate_method(a) == 'smoothadv' else 0.0
     batch_moments = (moments[0][pi], moments[1][pi], moments[2][pi])
     carry, new_p, new_m, m = step_fn(
         carry, clean_pool['image'][ci], clean_pool['label'][ci], poisons[pi],
@@ -628,6 +638,7 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   metadata = {
       'dataset': config.dataset, 'data_seed': int(config.get('data_seed', 0)),
       'target_class': target, 'eps': float(config.eps), 'method': a.method,
+      'inner_method': surrogate_method(a),
       'sigma': float(a.sigma), 'seed': int(config.seed), 'model': config.model,
       'mode': a.mode, 'solver': a.solver, 'steps': total_steps,
       'nonfinite_steps': nonfinite, 'attack_seconds': seconds, 'kind': 'pacd',

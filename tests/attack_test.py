@@ -124,6 +124,7 @@ def test_validate_config_rejects_bad_top_level(bad, match):
     (dict(inner_steps=0), 'inner_steps'),
     (dict(poison_optimizer='rmsprop'), 'poison_optimizer'),
     (dict(num_surrogates=0), 'num_surrogates'),
+    (dict(inner_method='trades'), 'inner_method'),
 ])
 def test_validate_config_rejects_bad_attack_fields(bad, match, tmp_path):
   c = _tiny(**bad)
@@ -158,6 +159,33 @@ def test_pacd_tiny_run_keeps_the_threat_model(method, mode, splits, tmp_path):
   for key in ('outer_objective', 'inner_loss', 'hypergrad_norm', 'perturbation_linf',
               'perturbation_l2'):
     assert key in lines[-1]
+
+
+def test_a_gaussian_surrogate_against_macer_is_the_gaussian_attack(splits, tmp_path):
+  """Ground truth: an attack on MACER victims whose surrogate trains with Gaussian
+  augmentation (``inner_method='gaussian'``, the Gaussian attack's constants) takes the
+  Gaussian attack's steps: the same poisons. The small MACER attack is that attack.
+
+  Deterministic: the same operations on the same inputs, up to XLA compiling the two
+  (equal) programs separately: 1e-6 is 10 float32 roundings of a pixel, while a MACER
+  inner loss (what ``method='macer'`` alone would train with) moves poisons by a sizeable
+  part of the learning rate."""
+  gaussian = _tiny('gaussian')
+  macer = _tiny('macer', inner_method='gaussian')
+  for field in ('sigma', 'alpha', 'solver_learning_rate', 'inner'):
+    macer.attack[field] = gaussian.attack[field]
+  one = attack.pacd(gaussian, splits, str(tmp_path / 'gaussian'))
+  two = attack.pacd(macer, splits, str(tmp_path / 'macer'))
+  assert two.metadata['method'] == 'macer' and two.metadata['inner_method'] == 'gaussian'
+  assert np.abs(one.poisons - one.clean_images).max() > 0.01
+  np.testing.assert_allclose(two.poisons, one.poisons, rtol=0, atol=1e-6)
+  small = {m: poison_mnist.get_config(f'{m},small').attack.to_dict()
+           for m in ('gaussian', 'macer')}
+  assert small['macer'].pop('method') == 'macer'
+  assert small['macer'].pop('inner_method') == 'gaussian'
+  small['gaussian'].pop('method'), small['gaussian'].pop('inner_method')
+  assert small['macer'] == small['gaussian']
+  assert poison_mnist.get_config('macer,small_matched').attack.inner.lbd == 16.0
 
 
 @pytest.mark.parametrize('num_surrogates', [1, 2])

@@ -142,6 +142,7 @@ def attack_base_config() -> ml_collections.ConfigDict:
   c.poison_subset_seed = 0   # Seeds which images a fraction < 1 poisons.
   a = c.attack = ml_collections.ConfigDict()
   a.method = 'gaussian'      # The victim's training method the attack targets.
+  a.inner_method = ''        # The surrogate's training method ('': a.method).
   a.sigma = 0.5              # Noise level of the outer surrogate.
   a.inner = ml_collections.ConfigDict()  # Hyperparameters of the inner training loss.
   a.outer_num_noise = 20     # k noise draws of the outer soft smoothed classifier.
