@@ -12,13 +12,17 @@ victim seeds each: the diagonal of ``protocol_transfer.py``'s matrix
 per-point comparison of every poisoned victim with the clean victim of its seed and
 PACD against the random baseline over points and over seeds (results.md).
 
-* small: 3 attacks and 27 victims. Measured one method at a time on a 2-core Intel Xeon
-  (2026-12-02): gaussian 34 min, macer 52 min (an attack 4-5 min, a victim 3 and 5.5
-  min); smoothadv is estimated at about 40 min (attack 6 min, victims about 90 s of
-  training and 1 min of certification on an AMD EPYC): about 2 h in all. Measured
-  (README, "PACD against each method's own victims"): class-8 ACR drops of 51.4%
-  [43.4, 59.5] (gaussian), 35.3% [-24.1, 94.7] (macer) and 40.9% [20.6, 61.2]
-  (smoothadv), every PACD victim below the random-noise victim of its seed.
+* small: 3 attacks and 27 victims, each method's victims trained to convergence
+  (Gaussian 40 epochs, MACER 30, SmoothAdv 40; ``train_mnist.py``), the MACER attack with
+  a Gaussian-augmentation surrogate (``poison_mnist.py:macer,small``). Estimated from
+  its parts on a 2-core AMD EPYC (2026-12-03): about 3 h 15 min one method after the
+  other (attacks 3-6 min; a victim's training plus certification about 2 min for
+  Gaussian, 6.5 min for MACER and 4 min for SmoothAdv when alone), about 2 h with
+  ``--workers=2``. Measured (README, "PACD against each method's victims trained to
+  convergence"): class-8 ACR drops of 51.4% [43.4, 59.5] (gaussian), 32.8% [16.8, 48.7]
+  (macer) and 34.6% [7.8, 61.4] (smoothadv), every PACD victim below the random-noise
+  victim of its seed. Until 2026-12-03 the MACER and SmoothAdv victims trained 15 and 20
+  epochs, against which the drops were 35.3% (MACER's own surrogate) and 40.9%.
 * tiny: seconds per stage, one seed, for tests.
 
 Command::

@@ -12,16 +12,22 @@ fully connected network) are trained with Gaussian augmentation on every poison 
 Gaussian augmentation and MACER, 0.75 for SmoothAdv) on the same 100 class-8 test
 points, N = 10,000. The attacks are ``poison_mnist.py:METHOD,small``, whose inner
 problems match these victims (MACER at sigma 0.5 and lambda 16; SmoothAdv with 5 inner
-steps); ``small_reference`` keeps the reference's attack constants.
+steps; since 2026-12-03 the MACER attack's surrogate trains with Gaussian augmentation,
+which took more from converged MACER victims, so its row repeats the Gaussian row's
+poisons; ``small_matched`` has MACER's own surrogate); ``small_reference`` keeps the
+reference's attack constants.
 
-* small: 3 attacks and 20 victims, about 1 h on an otherwise idle 2-core CPU (measured
-  2026-11-24: the attacks 3 min 48 s to 4 min 30 s each; training plus certification
-  of a LeNet victim 2.2 min with Gaussian augmentation, 3.7 min with MACER, 2.3 min
-  with SmoothAdv; an MLP victim 20-27 s). Measured with the reference attack constants
-  (one seed; README has the tables): ACR drops of 36-62% for every PACD set on every
-  LeNet victim except MACER poisons on the MACER victim (17%), 94-97% on the MLP,
-  against 25%, -5%, 14% and 46% for random +-eps noise; with the matched inner problems
-  the own-method drops are 53% (MACER) and 43% (SmoothAdv), docs/attack_variants.md. The ``wide_cnn`` architecture (870k parameters, 3x3
+* small: 3 attacks and 20 victims, about 1 h 30 min on an otherwise idle 2-core CPU
+  (estimated from the parts measured 2026-11-24, when the MACER and SmoothAdv victims
+  trained 15 and 20 epochs: the attacks 3 min 48 s to 4 min 30 s each; training plus
+  certification of a LeNet victim 2.2 min with Gaussian augmentation, 3.7 min with
+  MACER, 2.3 min with SmoothAdv, twice that for today's converged MACER and SmoothAdv
+  victims' training; an MLP victim 20-27 s). Measured then, with the reference attack
+  constants (one seed; README has the tables): ACR drops of 36-62% for every PACD set
+  on every LeNet victim except MACER poisons on the MACER victim (17%), 94-97% on the
+  MLP, against 25%, -5%, 14% and 46% for random +-eps noise; with the matched inner
+  problems the own-method drops were 53% (MACER) and 43% (SmoothAdv) against those
+  shorter victims, docs/attack_variants.md. The ``wide_cnn`` architecture (870k parameters, 3x3
   convolutions) is left out of the small mode: on a 2-core CPU it trains at about 170-210
   images/s, 11-12 minutes per victim plus 5 minutes of certification (measured: its
   Gaussian victim's class-8 ACR fell from 1.329 to 0.444 with the Gaussian PACD
