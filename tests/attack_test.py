@@ -396,8 +396,8 @@ def test_surrogate_restarts_stagger_the_ensemble():
 def test_ensemble_step_follows_the_mean_hypergradient(step_batch):
   """Ground truth: with ``num_surrogates = 2`` the step's hypergradient is the mean of
   the two surrogates' own hypergradients by ``rsp.bilevel`` (each from its own
-  initialisation and noise streams, on the same batch), and each surrogate's carry
-  moves as that surrogate's inner steps alone would move it.
+  initialisation and noise streams, on the same batch), and each surrogate's weights
+  move and stay apart from the other's (the stacked carry is not shared).
 
   Deterministic. The same float32 operations as the single-surrogate test on each side
   (relative errors of 0 to 1e-7 there), averaged: 1e-4 leaves a thousand times that,
