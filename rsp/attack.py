@@ -41,7 +41,11 @@ ensemble of K surrogates is trained side by side on the same batches (own
 initialisations and noise), surrogate j re-initialised every ``reinit_every_epochs``
 epochs from epoch ``1 + floor(j * reinit_every_epochs / K)`` on, so that the poisons
 always see surrogates at staggered stages of training; the poisons follow the mean of
-the K hypergradients (K times the cost of a step). A non-finite objective, inner loss
+the K hypergradients (K times the cost of a step). With ``pretrain_epochs = P > 0`` every
+fresh surrogate first trains P epochs on the current training set (the clean pool and the
+poisons as they are, in batches of B_c + B_p) before the outer steps go on, so that the
+poisons are shaped against a surrogate as far into training as the victim will get,
+not only against early ones. A non-finite objective, inner loss
 or hypergradient skips the poison update and re-initialises the surrogate (logged and
 counted): no NaN ever reaches a poison.
 
@@ -181,6 +185,58 @@ smoothadv_cycle_epsilon = robust_training.smoothadv_cycle_epsilon
 # The jitted outer step.
 
 
+def _smoothadv_constant(params, state, clean_x, clean_y, poisons, key, adv_eps, *, inner,
+                        target: int, apply_fn):
+  """SmoothAdv's perturbation of the clean points and of the poisons (labelled
+  ``target``) for the surrogate ``params``: one noise draw per point, ``key`` for the
+  clean points and ``fold_in(key, 1)`` for the poisons; a constant of the bilevel
+  gradient (the caller differentiates nothing through it)."""
+  noise_c = inner.sigma * jax.random.normal(key, (clean_x.shape[0], 1, *clean_x.shape[1:]))
+  noise_p = inner.sigma * jax.random.normal(jax.random.fold_in(key, 1),
+                                            (poisons.shape[0], 1, *poisons.shape[1:]))
+  both = jnp.concatenate([clean_x, poisons])
+  labels = jnp.concatenate([clean_y, jnp.full((poisons.shape[0],), target, clean_y.dtype)])
+  delta = robust_training.smoothadv_perturbation(
+      params, state, both, labels, jnp.concatenate([noise_c, noise_p]), apply_fn=apply_fn,
+      epsilon=adv_eps, num_steps=inner.get('num_steps', 2), pgd=inner.get('pgd', 'adam'))
+  return delta[:clean_x.shape[0]], delta[clean_x.shape[0]:]
+
+
+def make_pretrain_step(config: ml_collections.ConfigDict, train_apply_fn,
+                       inner_tx: optax.GradientTransformation):
+  """The jitted step a fresh surrogate trains with before the outer steps
+  (``config.attack.pretrain_epochs``): one step of the inner optimiser on the inner loss
+  g of a batch of training points with their labels (poisons included), SmoothAdv's
+  perturbation added first as in the outer step, crop+flip if ``attack.augment``.
+
+  ``step(params, state, opt_state, images, labels, adv_eps, key) -> (params, state,
+  opt_state, loss)``.
+  """
+  a = config.attack
+  method = surrogate_method(a)
+  loss = inner_loss_fn(method, a.inner)
+  augment = bool(a.get('augment', False))
+
+  @jax.jit
+  def step(params, state, opt_state, images, labels, adv_eps, key):
+    k_aug, k_adv, k_inner = jax.random.split(key, 3)
+    if augment:
+      images = data_lib.random_crop_flip(k_aug, images)
+    if method == 'smoothadv':
+      delta, _ = _smoothadv_constant(params, state, images, labels, images[:0], k_adv,
+                                     adv_eps, inner=a.inner, target=int(config.target_class),
+                                     apply_fn=train_apply_fn)
+      images = images + delta
+    batch = {'image': images, 'label': labels}
+    (value, (new_state, _)), grads = jax.value_and_grad(
+        lambda w: loss(w, state, batch, k_inner, apply_fn=train_apply_fn), has_aux=True)(
+            params)
+    updates, opt_state = inner_tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_state, opt_state, value
+
+  return step
+
+
 def _tree_isfinite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -215,6 +271,9 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
     value, (new_state, _) = loss(params, state, batch, key, apply_fn=train_apply_fn)
     return value, new_state
 
+  smoothadv_constant = functools.partial(_smoothadv_constant, inner=a.inner, target=target,
+                                         apply_fn=train_apply_fn)
+
   def surrogate_grad(carry, clean_x, clean_y, poisons, val_x, val_y, adv_eps, keys):
     """One surrogate's inner steps and hypergradient: (carry, dF/du, F, g, residual)."""
     params, state, opt_state, solution, solver_state = carry
@@ -224,18 +283,8 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
     if method == 'smoothadv':
       # The victim's attack, a constant for the bilevel gradient
       # (docs/reference_implementation.md#q15-the-smoothadv-inner-problem-of-the-attack).
-      sa = a.inner
-      noise_c = sa.sigma * jax.random.normal(k_adv, (clean_x.shape[0], 1, *clean_x.shape[1:]))
-      noise_p = sa.sigma * jax.random.normal(jax.random.fold_in(k_adv, 1),
-                                             (poisons.shape[0], 1, *poisons.shape[1:]))
-      both = jnp.concatenate([clean_x, poisons])
-      labels = jnp.concatenate([clean_y, jnp.full((poisons.shape[0],), target,
-                                                  clean_y.dtype)])
-      delta = robust_training.smoothadv_perturbation(
-          params, state, both, labels, jnp.concatenate([noise_c, noise_p]),
-          apply_fn=train_apply_fn, epsilon=adv_eps, num_steps=sa.get('num_steps', 2),
-          pgd=sa.get('pgd', 'adam'))
-      adv_clean, adv_poison = delta[:clean_x.shape[0]], delta[clean_x.shape[0]:]
+      adv_clean, adv_poison = smoothadv_constant(params, state, clean_x, clean_y, poisons,
+                                                 k_adv, adv_eps)
     clean_in = clean_x + adv_clean
 
     def inner_fn(w, u, st, step=0):
@@ -342,16 +391,32 @@ _STEP_CACHE: dict[Any, Any] = {}
 
 
 def _cached_outer_step(config, model, train_apply):
-  loop_only = ('num_epochs', 'steps_per_epoch', 'reinit_every_epochs', 'log_every_steps',
-               'checkpoint_every_steps')
-  used = {'target_class': config.target_class, 'eps': config.eps,
-          'attack': {k: v for k, v in config.attack.to_dict().items() if k not in loop_only}}
-  key = (json.dumps(used, sort_keys=True, default=str), model, outer_objective)
+  key = _step_key(config, model)
   if key not in _STEP_CACHE:
     if len(_STEP_CACHE) > 16:
       _STEP_CACHE.clear()
     _STEP_CACHE[key] = make_outer_step(config, train_apply)
   return _STEP_CACHE[key]
+
+
+def _step_key(config, model):
+  loop_only = ('num_epochs', 'steps_per_epoch', 'reinit_every_epochs', 'log_every_steps',
+               'checkpoint_every_steps', 'pretrain_epochs')
+  used = {'target_class': config.target_class, 'eps': config.eps,
+          'attack': {k: v for k, v in config.attack.to_dict().items() if k not in loop_only}}
+  return (json.dumps(used, sort_keys=True, default=str), model, outer_objective)
+
+
+_PRETRAIN_CACHE: dict[Any, Any] = {}
+
+
+def _cached_pretrain_step(config, model, train_apply, inner_tx):
+  key = _step_key(config, model)
+  if key not in _PRETRAIN_CACHE:
+    if len(_PRETRAIN_CACHE) > 16:
+      _PRETRAIN_CACHE.clear()
+    _PRETRAIN_CACHE[key] = make_pretrain_step(config, train_apply, inner_tx)
+  return _PRETRAIN_CACHE[key]
 
 
 # ------------------------------------------------------------------------------------
@@ -401,6 +466,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       'solver_steps', 'num_epochs', 'outer_num_noise', 'reinit_every_epochs'))
   validation.check_int('config.attack.num_surrogates', a.get('num_surrogates', 1), 1,
                        meaning='the size of the surrogate ensemble')
+  validation.check_int('config.attack.pretrain_epochs', a.get('pretrain_epochs', 0), 0,
+                       meaning='epochs a fresh surrogate trains before the outer steps')
   for old, name in _RENAMED_FIELDS.items():
     if old in a:
       raise ValueError(f'config.attack.{old} is now called config.attack.{name}.')
@@ -528,26 +595,64 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
 
   root = jax.random.key(config.seed)
   init_key, step_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+  pretrain_key = jax.random.fold_in(root, 2)
 
   num_surrogates = int(a.get('num_surrogates', 1))
+  pretrain_epochs = int(a.get('pretrain_epochs', 0))
+  pretrain_step = (_cached_pretrain_step(config, model, train_apply, inner_tx)
+                   if pretrain_epochs else None)
+  poison_labels = np.full((n_p,), target, np.asarray(clean_pool['label']).dtype)
 
-  def one_carry(key):
-    params, state = models.split_variables(models.init_model(key, model, info['shape']))
+  def pretrain(carry, key, poisons_now):
+    """A fresh surrogate's ``pretrain_epochs`` epochs on the clean pool and the poisons
+    as they are now, in shuffled batches of B_c + B_p points (the seed of ``key``)."""
+    params, state, opt_state, solution, solver_state = carry
+    images = np.concatenate([clean_pool['image'], poisons_now])
+    labels = np.concatenate([clean_pool['label'], poison_labels])
+    batch = min(b_c + a.poison_batch_size, len(labels))
+    steps = len(labels) // batch
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    loss = jnp.zeros(())
+    for e in range(pretrain_epochs):
+      perm = np.random.default_rng(seed + [e]).permutation(len(labels))
+      adv_eps = robust_training.smoothadv_cycle_epsilon(
+          e + 1, a.inner.get('epsilon', 0.0)) if surrogate_method(a) == 'smoothadv' else 0.0
+      for i in range(steps):
+        idx = perm[i * batch:(i + 1) * batch]
+        params, state, opt_state, loss = pretrain_step(
+            params, state, opt_state, images[idx], labels[idx], jnp.float32(adv_eps),
+            jax.random.fold_in(key, e * steps + i))
+    if pretrain_epochs:
+      logging.info('PACD: pre-trained a surrogate for %d epochs (last inner loss %.4f).',
+                   pretrain_epochs, float(loss))
+    return (params, state, opt_state, solution, solver_state)
+
+  def one_carry(cycle: int, j: int | None, poisons_now=None):
+    """Surrogate j (None: the only one) of restart ``cycle``, drawn from
+    ``fold_in(init_key, cycle)`` (then ``fold_in(., j)``) and pre-trained on
+    ``poisons_now`` if given (None: untrained, the template of a checkpoint) with the
+    keys of ``pretrain_key`` folded the same way."""
+    keys = [jax.random.fold_in(k, cycle) for k in (init_key, pretrain_key)]
+    if j is not None:
+      keys = [jax.random.fold_in(k, j) for k in keys]
+    params, state = models.split_variables(models.init_model(keys[0], model, info['shape']))
     solution = jax.tree.map(jnp.zeros_like, params)
     solver_state = optax.adam(a.solver_learning_rate).init(params)
-    return (params, state, inner_tx.init(params), solution, solver_state)
+    carry = (params, state, inner_tx.init(params), solution, solver_state)
+    if poisons_now is not None and pretrain_epochs:
+      carry = pretrain(carry, keys[1], poisons_now)
+    return carry
 
-  def fresh_carry(cycle: int):
+  def fresh_carry(cycle: int, poisons_now=None):
+    """Fresh surrogates of restart ``cycle`` (see ``one_carry``)."""
     if num_surrogates == 1:
-      return one_carry(jax.random.fold_in(init_key, cycle))
-    # Surrogate j of the ensemble is drawn from fold_in(fold_in(init_key, cycle), j).
-    carries = [one_carry(jax.random.fold_in(jax.random.fold_in(init_key, cycle), j))
-               for j in range(num_surrogates)]
+      return one_carry(cycle, None, poisons_now)
+    carries = [one_carry(cycle, j, poisons_now) for j in range(num_surrogates)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *carries)
 
-  def replace_surrogate(carry, j: int, cycle: int):
+  def replace_surrogate(carry, j: int, cycle: int, poisons_now):
     """``carry`` with surrogate j re-initialised (an ensemble's staggered restart)."""
-    new = one_carry(jax.random.fold_in(jax.random.fold_in(init_key, cycle), j))
+    new = one_carry(cycle, j, poisons_now)
     return jax.tree.map(lambda old, x: old.at[j].set(x), carry, new)
 
   def fresh_moments():
@@ -575,17 +680,19 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
   log_every = max(1, a.get('log_every_steps', 10))
   ckpt_every = a.get('checkpoint_every_steps', 0) or steps_per_epoch  # 0: every epoch.
   t_start = time.time()
+  if start == 0 and pretrain_epochs:
+    carry = fresh_carry(0, poisons)  # The checkpoint's template was not pre-trained.
   for step in range(start, total_steps):
     epoch = step // steps_per_epoch + 1  # counts from 1 as in the reference
     if step % steps_per_epoch == 0 and step > 0:
       restart = surrogate_restarts(epoch, a.reinit_every_epochs, num_surrogates)
       if num_surrogates == 1 and restart:
         # Re-initialise the surrogate, the solver and every optimiser state; poisons stay.
-        carry = fresh_carry(step)
+        carry = fresh_carry(step, poisons)
         moments = fresh_moments()
         logging.info('PACD: re-initialised the surrogate at epoch %d.', epoch)
       for j in restart if num_surrogates > 1 else ():
-        carry = replace_surrogate(carry, j, step)
+        carry = replace_surrogate(carry, j, step, poisons)
         if j == 0:
           moments = fresh_moments()  # The poisons' moments follow the first surrogate.
         logging.info('PACD: re-initialised surrogate %d of %d at epoch %d.', j,
@@ -608,7 +715,7 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
       nonfinite += 1
       logging.warning('PACD step %d: non-finite objective, loss or hypergradient; '
                       'poison update skipped, surrogate re-initialised.', step)
-      carry = fresh_carry(10**6 + step)
+      carry = fresh_carry(10**6 + step, poisons)
     else:
       poisons[pi] = np.asarray(new_p)
       for arr, new in zip(moments, new_m):
@@ -643,7 +750,8 @@ def pacd(config: ml_collections.ConfigDict, splits: Mapping[str, Mapping[str, np
       'mode': a.mode, 'solver': a.solver, 'steps': total_steps,
       'nonfinite_steps': nonfinite, 'attack_seconds': seconds, 'kind': 'pacd',
       'poison_fraction': fraction, 'poison_subset_seed': subset_seed,
-      'num_class_images': num_class,
+      'num_class_images': num_class, 'num_surrogates': num_surrogates,
+      'pretrain_epochs': pretrain_epochs,
   }
   path = os.path.join(workdir, 'poisons.npz')
   data_lib.save_poisons(path, poisons=poisons, indices=poison_idx,

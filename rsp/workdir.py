@@ -351,7 +351,8 @@ def _matches(field: str, patterns: Iterable[str]) -> bool:
 # Config fields added after runs were recorded, with the value that does what those runs
 # did: a record without the field matches a current value equal to it (a bare name
 # matches at any depth, as in ``resumable``), so older workdirs stay usable.
-ADDED_FIELDS: Mapping[str, Any] = {'num_surrogates': 1, 'inner_method': ''}
+ADDED_FIELDS: Mapping[str, Any] = {'num_surrogates': 1, 'inner_method': '',
+                                   'pretrain_epochs': 0}
 
 
 def differences(recorded: Any, current: Any, *, resumable: Sequence[str] = (),

@@ -167,6 +167,10 @@ def attack_base_config() -> ml_collections.ConfigDict:
   # Surrogates trained side by side, each re-initialised every reinit_every_epochs with
   # staggered offsets; the poisons follow their mean hypergradient (K times the cost).
   a.num_surrogates = 1
+  # Epochs a fresh surrogate first trains on the current training set (clean points and
+  # the poisons as they are, labels unchanged) before the outer steps resume: the poisons
+  # then meet a surrogate as far into training as the victim's end (0: from scratch).
+  a.pretrain_epochs = 0
   a.remat = False
   # Unroll the solver's iterations / the unrolled mode's inner steps when tracing: on
   # XLA CPU rolled loops of convolutional second-order work ran 4-14x slower
