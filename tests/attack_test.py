@@ -125,6 +125,7 @@ def test_validate_config_rejects_bad_top_level(bad, match):
     (dict(poison_optimizer='rmsprop'), 'poison_optimizer'),
     (dict(num_surrogates=0), 'num_surrogates'),
     (dict(inner_method='trades'), 'inner_method'),
+    (dict(pretrain_epochs=-1), 'pretrain_epochs'),
 ])
 def test_validate_config_rejects_bad_attack_fields(bad, match, tmp_path):
   c = _tiny(**bad)
@@ -188,17 +189,20 @@ def test_a_gaussian_surrogate_against_macer_is_the_gaussian_attack(splits, tmp_p
   assert poison_mnist.get_config('macer,small_matched').attack.inner.lbd == 16.0
 
 
-@pytest.mark.parametrize('num_surrogates', [1, 2])
-def test_pacd_resumes_to_the_same_poisons(num_surrogates, splits, tmp_path):
+@pytest.mark.parametrize('num_surrogates,pretrain_epochs', [(1, 0), (2, 0), (1, 1), (2, 1)])
+def test_pacd_resumes_to_the_same_poisons(num_surrogates, pretrain_epochs, splits,
+                                          tmp_path):
   """A run stopped after epoch 1 and restarted ends with the uninterrupted run's poisons
-  (an ensemble's stacked surrogates, restarted at epoch 2, included). Deterministic: the
-  same program on the same inputs."""
-  full = attack.pacd(_tiny(num_surrogates=num_surrogates), splits, str(tmp_path / 'full'))
-  part = _tiny(num_surrogates=num_surrogates)
+  (an ensemble's stacked surrogates, restarted at epoch 2, included; with pre-training,
+  the restarted surrogate trains on the poisons restored from the checkpoint).
+  Deterministic: the same program on the same inputs."""
+  settings = dict(num_surrogates=num_surrogates, pretrain_epochs=pretrain_epochs)
+  full = attack.pacd(_tiny(**settings), splits, str(tmp_path / 'full'))
+  part = _tiny(**settings)
   part.attack.num_epochs = 1
   attack.pacd(part, splits, str(tmp_path / 'resumed'))
-  resumed = attack.pacd(_tiny(num_surrogates=num_surrogates), splits,
-                        str(tmp_path / 'resumed'))
+  resumed = attack.pacd(_tiny(**settings), splits, str(tmp_path / 'resumed'))
+  assert resumed.metadata['pretrain_epochs'] == pretrain_epochs
   np.testing.assert_array_equal(full.poisons, resumed.poisons)
   steps = [l for l in open(tmp_path / 'resumed' / 'attack_metrics.jsonl')]
   assert len(steps) == len(set(steps)) == 4
@@ -554,3 +558,108 @@ def test_outer_step_compiles_once_per_setting(solver, splits, tmp_path):
   assert step._cache_size() == 1
   assert attack._cached_outer_step(_tiny(solver=solver, poison_learning_rate=0.05), model,
                                    apply_fn)[0] is not step
+
+
+def _small_splits(splits, num_other=48, num_target=6, num_val=4):
+  train, val = splits['train'], splits['val']
+  keep = np.concatenate([np.flatnonzero(train['label'] != 8)[:num_other],
+                         np.flatnonzero(train['label'] == 8)[:num_target]])
+  return {'train': data.subset(train, keep),
+          'val': data.subset(val, np.flatnonzero(val['label'] == 8)[:num_val])}
+
+
+def test_pretraining_sees_the_training_set_as_it_is_and_hands_on_its_surrogate(
+    splits, tmp_path, monkeypatch):
+  """Planted bookkeeping, checked exactly: with ``pretrain_epochs=2`` every fresh
+  surrogate (at step 0 and at the restart of epoch 2) first takes 2 epochs of
+  ``floor(54 / 20) = 2`` steps; each epoch's batches are distinct rows of the training
+  set as it is at that moment (the 48 clean points with their labels and the 6 poisons
+  labelled 8: clean images at step 0, the poisons after epoch 1 at the restart); and the
+  next outer step starts from the surrogate the last pre-training step returned (the
+  same arrays). Deterministic: no tolerance."""
+  # pylint: disable=protected-access
+  config = _tiny(pretrain_epochs=2)
+  config.attack.num_epochs, config.attack.steps_per_epoch = 2, 2  # restart at epoch 2
+  small = _small_splits(splits)
+  model, apply_fn = _surrogate(config)
+  real_outer, inner_tx = attack._cached_outer_step(config, model, apply_fn)
+  real_pretrain = attack.make_pretrain_step(config, apply_fn, inner_tx)
+  events = []
+
+  def pretrain_step(params, state, opt_state, images, labels, *rest):
+    out = real_pretrain(params, state, opt_state, images, labels, *rest)
+    events.append(('pretrain', np.asarray(images), np.asarray(labels), out[0]))
+    return out
+
+  def outer_step(carry, clean_x, clean_y, poisons, clean_of_poisons, *rest):
+    out = real_outer(carry, clean_x, clean_y, poisons, clean_of_poisons, *rest)
+    events.append(('outer', carry[0], np.asarray(clean_of_poisons), np.asarray(out[1])))
+    return out
+
+  monkeypatch.setattr(attack, '_cached_pretrain_step', lambda *_: pretrain_step)
+  monkeypatch.setattr(attack, '_cached_outer_step', lambda *_: (outer_step, inner_tx))
+  result = attack.pacd(config, small, str(tmp_path))
+  kinds = [e[0] for e in events]
+  assert kinds == ['pretrain'] * 4 + ['outer'] * 2 + ['pretrain'] * 4 + ['outer'] * 2
+  assert result.metadata['pretrain_epochs'] == 2
+
+  train = small['train']
+  is_target = train['label'] == 8
+  clean_rows = {x.tobytes(): int(y) for x, y in zip(train['image'][~is_target],
+                                                     train['label'][~is_target])}
+  # The poisons at the restart: the last value an outer step of epoch 1 returned for
+  # each poison (found by its clean image), the clean image where none moved it.
+  row_of = {x.tobytes(): j for j, x in enumerate(result.clean_images)}
+  moved = result.clean_images.copy()
+  for _, _, clean_in, poisons_out in events[4:6]:
+    for x, p_out in zip(clean_in, poisons_out):
+      moved[row_of[x.tobytes()]] = p_out
+  assert np.abs(moved - result.clean_images).max() > 0  # the restart sees moved poisons
+  poisons_then = (result.clean_images, moved)
+  for life, start in enumerate((0, 6)):
+    allowed = dict(clean_rows)
+    allowed.update({x.tobytes(): 8 for x in poisons_then[life]})
+    for epoch in range(2):
+      seen = []
+      for _, images, labels, _ in events[start + 2 * epoch:start + 2 * epoch + 2]:
+        assert len(labels) == 20
+        for x, y in zip(images, labels):
+          assert allowed[x.tobytes()] == int(y)  # a row of the set, with its label
+          seen.append(x.tobytes())
+      assert len(set(seen)) == len(seen) == 40  # no row twice within an epoch
+    handed = events[start + 3][3]
+    first_outer = events[start + 4][1]
+    for a, b in zip(jax.tree.leaves(handed), jax.tree.leaves(first_outer)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_pretrained_surrogate_fits_the_training_set(splits, tmp_path, monkeypatch):
+  """Planted structure: the tiny MLP surrogate pre-trained 2 epochs (350 Adam steps at
+  lr 1e-2 on the 3,500 embedded images under sigma 0.5 noise) classifies the clean
+  training set far better than the untrained one the attack starts from without
+  pre-training (chance: about 10%). The margin (above 80% against below 30%) is wide:
+  such an MLP reaches about 95% in one epoch, so a failure means the surrogate did not
+  train, not bad luck."""
+  # pylint: disable=protected-access
+  accuracy = {}
+  for epochs in (0, 2):
+    config = _tiny(pretrain_epochs=epochs)
+    config.attack.num_epochs = 1
+    model, apply_fn = _surrogate(config)
+    real_outer, inner_tx = attack._cached_outer_step(config, model, apply_fn)
+    first = []
+
+    def outer_step(carry, *rest, real_outer=real_outer, first=first):
+      if not first:
+        first.append(carry)
+      return real_outer(carry, *rest)
+
+    monkeypatch.setattr(attack, '_cached_outer_step',
+                        lambda *_, s=outer_step, tx=inner_tx: (s, tx))
+    attack.pacd(config, splits, str(tmp_path / str(epochs)))
+    params, state = first[0][0], first[0][1]
+    logits, _ = apply_fn(params, state, jnp.asarray(splits['train']['image'][:1000]),
+                         train=False)
+    accuracy[epochs] = float(np.mean(np.argmax(logits, -1) ==
+                                     splits['train']['label'][:1000]))
+  assert accuracy[0] < 0.3 < 0.8 < accuracy[2], accuracy
