@@ -165,12 +165,13 @@ def test_pacd_tiny_run_keeps_the_threat_model(method, mode, splits, tmp_path):
 def test_a_gaussian_surrogate_against_macer_is_the_gaussian_attack(splits, tmp_path):
   """Ground truth: an attack on MACER victims whose surrogate trains with Gaussian
   augmentation (``inner_method='gaussian'``, the Gaussian attack's constants) takes the
-  Gaussian attack's steps: the same poisons. The small MACER attack is that attack.
+  Gaussian attack's steps: the same poisons.
 
   Deterministic: the same operations on the same inputs, up to XLA compiling the two
   (equal) programs separately: 1e-6 is 10 float32 roundings of a pixel, while a MACER
   inner loss (what ``method='macer'`` alone would train with) moves poisons by a sizeable
-  part of the learning rate."""
+  part of the learning rate. The small MACER attack is the small Gaussian one run for
+  twice the steps."""
   gaussian = _tiny('gaussian')
   macer = _tiny('macer', inner_method='gaussian')
   for field in ('sigma', 'alpha', 'solver_learning_rate', 'inner'):
@@ -184,8 +185,9 @@ def test_a_gaussian_surrogate_against_macer_is_the_gaussian_attack(splits, tmp_p
            for m in ('gaussian', 'macer')}
   assert small['macer'].pop('method') == 'macer'
   assert small['macer'].pop('inner_method') == 'gaussian'
+  assert (small['macer'].pop('num_epochs'), small['gaussian'].pop('num_epochs')) == (20, 10)
   small['gaussian'].pop('method'), small['gaussian'].pop('inner_method')
-  assert small['macer'] == small['gaussian']
+  assert small['macer'] == small['gaussian']  # the Gaussian attack, run twice as long
   assert poison_mnist.get_config('macer,small_matched').attack.inner.lbd == 16.0
 
 
