@@ -170,8 +170,8 @@ def test_a_gaussian_surrogate_against_macer_is_the_gaussian_attack(splits, tmp_p
   Deterministic: the same operations on the same inputs, up to XLA compiling the two
   (equal) programs separately: 1e-6 is 10 float32 roundings of a pixel, while a MACER
   inner loss (what ``method='macer'`` alone would train with) moves poisons by a sizeable
-  part of the learning rate. The small MACER attack is the small Gaussian one run for
-  twice the steps."""
+  part of the learning rate. The small MACER and SmoothAdv attacks are the small
+  Gaussian one run for twice the steps."""
   gaussian = _tiny('gaussian')
   macer = _tiny('macer', inner_method='gaussian')
   for field in ('sigma', 'alpha', 'solver_learning_rate', 'inner'):
@@ -182,13 +182,15 @@ def test_a_gaussian_surrogate_against_macer_is_the_gaussian_attack(splits, tmp_p
   assert np.abs(one.poisons - one.clean_images).max() > 0.01
   np.testing.assert_allclose(two.poisons, one.poisons, rtol=0, atol=1e-6)
   small = {m: poison_mnist.get_config(f'{m},small').attack.to_dict()
-           for m in ('gaussian', 'macer')}
-  assert small['macer'].pop('method') == 'macer'
-  assert small['macer'].pop('inner_method') == 'gaussian'
-  assert (small['macer'].pop('num_epochs'), small['gaussian'].pop('num_epochs')) == (20, 10)
-  small['gaussian'].pop('method'), small['gaussian'].pop('inner_method')
-  assert small['macer'] == small['gaussian']  # the Gaussian attack, run twice as long
+           for m in ('gaussian', 'macer', 'smoothadv')}
+  for m in small:
+    assert small[m].pop('method') == m
+    assert small[m].pop('inner_method') == ('' if m == 'gaussian' else 'gaussian')
+    assert small[m].pop('num_epochs') == (10 if m == 'gaussian' else 20)
+  # The Gaussian attack, run twice as long, against MACER and SmoothAdv.
+  assert small['macer'] == small['gaussian'] == small['smoothadv']
   assert poison_mnist.get_config('macer,small_matched').attack.inner.lbd == 16.0
+  assert poison_mnist.get_config('smoothadv,small_matched').attack.inner_steps == 5
 
 
 @pytest.mark.parametrize('num_surrogates,pretrain_epochs', [(1, 0), (2, 0), (1, 1), (2, 1)])

@@ -11,20 +11,23 @@ small_matched | small_reference | tiny.
   sig 1e-3; 50 epochs (SmoothAdv 100) of 61 steps, re-initialised every 10 (SmoothAdv
   20). Outer: k 20, beta 16, alpha 1e-3 (SmoothAdv 1e-4), sigma 0.5 (GA)
   or 0.75 (MACER, SmoothAdv). Needs a GPU: an estimated 1-3 h.
-* small: the embedded MNIST subset (350 poisons), 220 outer steps with gradient
-  alignment ('identity' solver), about 3-6 minutes on a 2-core CPU, the strongest
-  variant measured against each method's victims trained to convergence
-  (docs/attack_variants.md). Against MACER the surrogate trains with Gaussian
-  augmentation at the victim's sigma (0.5; ``inner_method='gaussian'``) for twice the
-  steps (440, about 5 minutes): the Gaussian attack run on, whose first 220 steps took
-  39.9%, 31.1% and 27.4% of the class-8 ACR of 30-epoch MACER victims (seeds 0-2) where
-  the MACER surrogate of ``small_matched`` took 18.7% and -1.6% (seeds 0, 2); the 440
-  steps took 45.7%, 64.3% and 28.1%. For SmoothAdv the attack takes 5 inner steps per
-  update like the other methods (43% against 36% with 1 step, 20-epoch victims).
-* small_matched: the small mode with each inner problem matched to the small-mode victim
-  of ``train_mnist.py``: MACER trains and smooths at the victim's sigma (0.5) with its
-  lambda (16) (53% against 15-epoch victims where the reference's constants gave 30%;
-  it fades against converged ones); the others as in small.
+* small: the embedded MNIST subset (350 poisons), outer steps of gradient alignment
+  ('identity' solver), the strongest variant measured against each method's victims
+  trained to convergence (docs/attack_variants.md). Gaussian: 220 steps, about 2.5
+  minutes on a 2-core CPU. MACER and SmoothAdv: the Gaussian attack's surrogate
+  (Gaussian augmentation at sigma 0.5; ``inner_method='gaussian'``) for twice the
+  steps (440, about 5 minutes), so both make the same poisons, the Gaussian attack's
+  run on. Against converged victims (seeds 0-2) they took 45.7%, 64.3% and 28.1% of
+  the class-8 ACR of 30-epoch MACER victims (220 steps: 39.9%, 31.1%, 27.4%; MACER's
+  own surrogate, ``small_matched``: 18.7% and -1.6% on seeds 0, 2) and 35.2%, 49.2%
+  and 36.5% of 40-epoch SmoothAdv victims (SmoothAdv's own surrogate with 5 inner
+  steps, ``small_matched``: 25.6%, 46.5%, 31.5%).
+* small_matched: the small mode with each surrogate trained with its victim's method,
+  matched to the small-mode victim of ``train_mnist.py``, 220 steps: MACER trains and
+  smooths at the victim's sigma (0.5) with its lambda (16) (53% against 15-epoch
+  victims where the reference's constants gave 30%; it fades against converged ones);
+  SmoothAdv takes 5 inner steps per update like the other methods (43% against 36% with
+  1 step, 20-epoch victims); Gaussian as in small.
 * small_reference: the small mode with the reference code's inner constants (MACER at
   sigma 0.75 with lambda 1; SmoothAdv with 1 inner step), kept for comparison.
 * tiny: a few steps with a small MLP surrogate, for tests.
@@ -35,7 +38,6 @@ Command::
         --workdir=/tmp/rsp/poison_mnist_gaussian
 """
 
-import ml_collections
 
 from rsp import robust_training
 from rsp.configs import common
@@ -93,24 +95,21 @@ def get_config(arg: str | None = None):
       victim = train_mnist.get_config('macer,small').loss
       a.sigma = a.inner.sigma = victim.sigma
       a.inner.lbd = victim.lbd
-    if mode == 'small' and method == 'macer':
-      # A Gaussian-augmentation surrogate at the victim's sigma: against MACER victims
-      # trained to convergence (30 epochs) it took 32.8% of the class-8 ACR over 3 seeds,
-      # where the MACER surrogate of small_matched took 18.7% and -1.6% (seeds 0, 2).
-      a.inner_method = 'gaussian'
-      a.inner = ml_collections.ConfigDict({'sigma': victim.sigma})
-      a.alpha = 1e-3
-      a.solver_learning_rate = 1e-2  # Unused by alignment; as the Gaussian attack's.
-    if mode in ('small', 'small_matched') and method == 'smoothadv':
+    if mode == 'small_matched' and method == 'smoothadv':
       a.inner_steps = 5  # As the other methods (measured: 43% against 36% with 1 step).
     a.num_epochs = 10
     a.reinit_every_epochs = 5
-    if mode == 'small' and method == 'macer':
-      # Twice as long (440 steps, four surrogate lives): against 30-epoch MACER victims
-      # 46.0% of the class-8 ACR over seeds 0-2 (45.7 / 64.3 / 28.1%) where 220 steps
-      # took 32.8%.
-      a.num_epochs = 20
     a.log_every_steps = 20
+    if mode == 'small' and method != 'gaussian':
+      # Against MACER and SmoothAdv victims trained to convergence, the Gaussian attack's
+      # surrogate (Gaussian augmentation at sigma 0.5) run twice as long (440 steps, four
+      # surrogate lives) took more than each method's own surrogate (3 victim seeds):
+      # MACER 46.0% (own surrogate, small_matched: 18.7% and -1.6% on seeds 0, 2),
+      # SmoothAdv 40.3% (own surrogate, small_matched: 34.6%).
+      c.attack = get_config('gaussian,small').attack
+      c.attack.method = method
+      c.attack.inner_method = 'gaussian'
+      c.attack.num_epochs = 20
   elif mode == 'tiny':
     common.shrink_to_tiny(c)
     c.dataset = 'mnist_embedded'

@@ -12,10 +12,10 @@ fully connected network) are trained with Gaussian augmentation on every poison 
 Gaussian augmentation and MACER, 0.75 for SmoothAdv) on the same 100 class-8 test
 points, N = 10,000. The attacks are ``poison_mnist.py:METHOD,small``, whose inner
 problems match these victims (MACER at sigma 0.5 and lambda 16; SmoothAdv with 5 inner
-steps; since 2026-12-03 the MACER attack's surrogate trains with Gaussian augmentation
-for twice the Gaussian attack's steps, which took more from converged MACER victims, so
-its row holds the Gaussian row's poisons run on; ``small_matched`` has MACER's own
-surrogate); ``small_reference`` keeps the
+steps; since 2026-12-03 the MACER and SmoothAdv attacks' surrogates train with Gaussian
+augmentation for twice the Gaussian attack's steps, which took more from converged
+victims, so both rows hold the Gaussian row's poisons run on; ``small_matched`` has each
+method's own surrogate); ``small_reference`` keeps the
 reference's attack constants.
 
 * small: 3 attacks and 20 victims, about 1 h 30 min on an otherwise idle 2-core CPU
