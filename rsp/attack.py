@@ -390,13 +390,18 @@ def make_outer_step(config: ml_collections.ConfigDict, train_apply_fn, *,
 _STEP_CACHE: dict[Any, Any] = {}
 
 
-def _cached_outer_step(config, model, train_apply):
+def _cached(cache: dict, config, model, build):
+  """``build()`` once per (config, model, objective) in ``cache`` (at most 17 entries)."""
   key = _step_key(config, model)
-  if key not in _STEP_CACHE:
-    if len(_STEP_CACHE) > 16:
-      _STEP_CACHE.clear()
-    _STEP_CACHE[key] = make_outer_step(config, train_apply)
-  return _STEP_CACHE[key]
+  if key not in cache:
+    if len(cache) > 16:
+      cache.clear()
+    cache[key] = build()
+  return cache[key]
+
+
+def _cached_outer_step(config, model, train_apply):
+  return _cached(_STEP_CACHE, config, model, lambda: make_outer_step(config, train_apply))
 
 
 def _step_key(config, model):
@@ -411,12 +416,8 @@ _PRETRAIN_CACHE: dict[Any, Any] = {}
 
 
 def _cached_pretrain_step(config, model, train_apply, inner_tx):
-  key = _step_key(config, model)
-  if key not in _PRETRAIN_CACHE:
-    if len(_PRETRAIN_CACHE) > 16:
-      _PRETRAIN_CACHE.clear()
-    _PRETRAIN_CACHE[key] = make_pretrain_step(config, train_apply, inner_tx)
-  return _PRETRAIN_CACHE[key]
+  return _cached(_PRETRAIN_CACHE, config, model,
+                 lambda: make_pretrain_step(config, train_apply, inner_tx))
 
 
 # ------------------------------------------------------------------------------------

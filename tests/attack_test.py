@@ -40,6 +40,14 @@ def _tiny(which='gaussian', **attack_overrides):
   return c
 
 
+def _small_splits(splits, num_other=48, num_target=6, num_val=4):
+  train, val = splits['train'], splits['val']
+  keep = np.concatenate([np.flatnonzero(train['label'] != 8)[:num_other],
+                         np.flatnonzero(train['label'] == 8)[:num_target]])
+  return {'train': data.subset(train, keep),
+          'val': data.subset(val, np.flatnonzero(val['label'] == 8)[:num_val])}
+
+
 def test_project_linf_is_a_projection():
   """Deterministic. In float32, ``clean + delta`` and ``out - clean`` each round by at most
   half a unit in the last place of a number below 1 (2^-25) and float32(0.1) exceeds 0.1
@@ -146,10 +154,14 @@ def _check_poison_file(path, splits, eps):
   return loaded
 
 
-@pytest.mark.parametrize('method,mode', [('gaussian', 'implicit'), ('gaussian', 'unrolled'),
-                                         ('macer', 'implicit'), ('smoothadv', 'implicit')])
-def test_pacd_tiny_run_keeps_the_threat_model(method, mode, splits, tmp_path):
-  c = _tiny(method, mode=mode)
+@pytest.mark.parametrize('method,mode,pretrain_epochs', [
+    ('gaussian', 'implicit', 0), ('gaussian', 'unrolled', 0), ('macer', 'implicit', 0),
+    ('smoothadv', 'implicit', 0), ('macer', 'implicit', 1), ('smoothadv', 'implicit', 1)])
+def test_pacd_tiny_run_keeps_the_threat_model(method, mode, pretrain_epochs, splits,
+                                              tmp_path):
+  """Every method's attack (MACER's and SmoothAdv's pre-training steps included) keeps
+  the poisons in the eps ball and [0, 1], labels and indices unchanged, and moves them."""
+  c = _tiny(method, mode=mode, pretrain_epochs=pretrain_epochs)
   result = attack.pacd(c, splits, str(tmp_path))
   loaded = _check_poison_file(result.path, splits, c.eps)
   assert loaded['metadata']['method'] == method
@@ -492,11 +504,7 @@ def test_per_poison_adam_is_optax_adam_on_each_poison_alone(splits, tmp_path,
   config = _tiny(mode='implicit', poison_learning_rate=lr_u)  # The step's setting; a shorter loop.
   config.attack.num_epochs, config.attack.steps_per_epoch = 3, 3
   config.attack.reinit_every_epochs = 2
-  train, val = splits['train'], splits['val']
-  keep = np.concatenate([np.flatnonzero(train['label'] != 8)[:48],
-                         np.flatnonzero(train['label'] == 8)[:6]])
-  small = {'train': data.subset(train, keep),
-           'val': data.subset(val, np.flatnonzero(val['label'] == 8)[:4])}
+  small = _small_splits(splits)
   calls = []
 
   def recording_step(carry, clean_x, clean_y, poisons, clean_of_poisons, *rest):
@@ -563,13 +571,6 @@ def test_outer_step_compiles_once_per_setting(solver, splits, tmp_path):
   assert attack._cached_outer_step(_tiny(solver=solver, poison_learning_rate=0.05), model,
                                    apply_fn)[0] is not step
 
-
-def _small_splits(splits, num_other=48, num_target=6, num_val=4):
-  train, val = splits['train'], splits['val']
-  keep = np.concatenate([np.flatnonzero(train['label'] != 8)[:num_other],
-                         np.flatnonzero(train['label'] == 8)[:num_target]])
-  return {'train': data.subset(train, keep),
-          'val': data.subset(val, np.flatnonzero(val['label'] == 8)[:num_val])}
 
 
 def test_pretraining_sees_the_training_set_as_it_is_and_hands_on_its_surrogate(
