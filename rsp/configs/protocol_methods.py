@@ -13,17 +13,18 @@ per-point comparison of every poisoned victim with the clean victim of its seed 
 PACD against the random baseline over points and over seeds (results.md).
 
 * small: 3 attacks and 27 victims, each method's victims trained to convergence
-  (Gaussian 40 epochs, MACER 30, SmoothAdv 40; ``train_mnist.py``), the MACER and
-  SmoothAdv attacks with the Gaussian attack's surrogate over 440 steps
-  (``poison_mnist.py:M,small``; both make the same poisons).
+  (Gaussian 100 epochs, 40 until 2026-12-04; MACER 30, SmoothAdv 40;
+  ``train_mnist.py``), the MACER and SmoothAdv attacks with the Gaussian attack's
+  surrogate over 440 steps (``poison_mnist.py:M,small``; both make the same poisons).
   Estimated from its parts on a 2-core AMD EPYC (2026-12-03): about 3 h 15 min one
   method after the other (attacks 3-6 min; a victim's training plus certification about
   2 min for Gaussian, 6.5 min for MACER and 4 min for SmoothAdv when alone), about 2 h
   with ``--workers=2``. Measured (README, "PACD against each method's victims trained to
-  convergence"): class-8 ACR drops of 51.4% [43.4, 59.5] (gaussian), 46.0% [1.2, 90.9]
-  (macer) and 40.3% [21.1, 59.5] (smoothadv), every PACD victim below the random-noise
-  victim of its seed. Until 2026-12-03 the MACER and SmoothAdv victims trained 15 and 20
-  epochs, against which the drops were 35.3% (MACER's own surrogate) and 40.9%.
+  convergence"): class-8 ACR drops of 49.9% [33.4, 66.5] (gaussian, 100 epochs; 51.4%
+  with 40), 46.0% [1.2, 90.9] (macer) and 40.3% [21.1, 59.5] (smoothadv), every PACD
+  victim below the random-noise victim of its seed. Until 2026-12-03 the MACER and
+  SmoothAdv victims trained 15 and 20 epochs, against which the drops were 35.3%
+  (MACER's own surrogate) and 40.9%.
 * tiny: seconds per stage, one seed, for tests.
 
 Command::
